@@ -1,0 +1,59 @@
+# The book's two commands (see README.md):
+#   make book   set up .venv, execute the notebooks whose source or parameters changed, build _build/html
+#   make test   set up .venv, then everything CI checks
+# Both create or reuse the virtual environment from requirements.txt on their own.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROFILE ?= tiny
+TIMED := .ci/timed
+ENV_STAMP := $(VENV)/.requirements.sha256
+REQ_SHA := $(shell sha256sum requirements.txt | cut -c1-64)
+JB_FLAGS := -W -n --keep-going
+NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
+
+.PHONY: book test env notebooks scoreboard html unit realdata nbval html-check benchmark clean
+
+book: env
+	@$(TIMED) "execute changed notebooks (PROFILE=$(PROFILE))" $(BIN)/python -m utils.run_notebooks --profile $(PROFILE)
+	@$(MAKE) --no-print-directory html
+
+test: env
+	@$(MAKE) --no-print-directory unit realdata nbval html
+
+env:
+	@if [ "$$(cat $(ENV_STAMP) 2>/dev/null)" != "$(REQ_SHA)" ]; then \
+	  $(TIMED) "set up $(VENV) from requirements.txt" bash -c '\
+	    set -euo pipefail; test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	    $(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 \
+	      | { grep -v "^WARNING: Location" || true; }; \
+	    echo "$(REQ_SHA)" > $(ENV_STAMP)'; \
+	else echo "=== $(VENV) is up to date with requirements.txt"; fi
+
+unit:
+	@$(TIMED) "unit tests" $(BIN)/pytest -m "not realdata" -q
+
+realdata:
+	@$(TIMED) "real-data tests (skipped without CVBOOK_DATA)" $(BIN)/pytest -m realdata -q -rs
+
+# Notebooks are re-run exactly as committed: tiny profile, no data directory.
+nbval:
+	@$(TIMED) "notebooks (nbval)" env -u CVBOOK_DATA $(BIN)/pytest $(NBVAL_FLAGS) -q notebooks
+
+scoreboard:
+	@$(BIN)/python -m utils.scoreboard
+
+# Book build with execution off (notebooks are committed executed).
+html: scoreboard
+	@rm -rf _build/html
+	@$(TIMED) "book build (jupyter-book 1, warnings as errors)" $(BIN)/jupyter-book build . $(JB_FLAGS)
+	@test -f _build/html/index.html || { echo "ERROR: _build/html/index.html missing (is jupyter-book < 2 installed?)"; exit 1; }
+	@echo "book: _build/html/index.html"
+
+benchmark: env
+	@$(TIMED) "benchmarks" $(BIN)/pytest tests/benchmarks -q -p no:cacheprovider --benchmark-only -o python_files='bench_*.py'
+
+clean:
+	rm -rf _build .pytest_cache

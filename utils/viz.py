@@ -1,0 +1,97 @@
+"""Figures: heatmap overlays, image grids and anomaly panels (matplotlib, PNG).
+
+Used by every chapter; one colormap (:data:`CMAP`) for every heatmap in the book.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+CMAP = "magma"
+
+
+def to_numpy_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """An RGB or grey image as an (H, W, 3) float array in [0, 1].
+
+    Accepts (H, W), (H, W, 3), (3, H, W) / (1, H, W) tensors or arrays, floats in [0, 1] or
+    uint8. Raises on other shapes and on float values outside [0, 1] (e.g. a normalised
+    image, which would display with wrong colours: un-normalise it first).
+    """
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"expected an image of shape (H, W), (H, W, 3) or (3, H, W), got {array.shape}")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    array = array.astype(np.float32)
+    if array.size and (array.min() < -1e-3 or array.max() > 1 + 1e-3):
+        raise ValueError(f"float image values must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}]; "
+                         "is it still normalised?")
+    return np.clip(array, 0.0, 1.0)
+
+
+def overlay(image: np.ndarray | torch.Tensor, heatmap: np.ndarray | torch.Tensor,
+            alpha: float = 0.5, cmap: str = CMAP) -> np.ndarray:
+    """Blend a heatmap (H, W), min-max scaled to [0, 1], over an image of the same H, W.
+
+    Returns an (H, W, 3) float array in [0, 1]. A constant heatmap is shown as zeros.
+    """
+    base = to_numpy_image(image)
+    heat = heatmap.detach().cpu().numpy() if isinstance(heatmap, torch.Tensor) else np.asarray(heatmap)
+    heat = heat.astype(np.float32)
+    if heat.shape != base.shape[:2]:
+        raise ValueError(f"heatmap shape {heat.shape} does not match image size {base.shape[:2]}; upsample it first")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    span = float(heat.max() - heat.min())
+    scaled = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
+    colours = matplotlib.colormaps[cmap](scaled)[..., :3]
+    return (1 - alpha) * base + alpha * colours
+
+
+def show_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 5,
+              size: float = 2.2, suptitle: str | None = None, cmap: str | None = None) -> plt.Figure:
+    """Show images in a grid with optional per-image titles; returns the figure.
+
+    Images may be anything :func:`to_numpy_image` accepts; with ``cmap`` given, 2-D arrays
+    are drawn as heatmaps with that colormap instead.
+    """
+    if len(images) == 0:
+        raise ValueError("show_grid needs at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(titles)} titles for {len(images)} images")
+    nrows = -(-len(images) // ncols)
+    ncols = min(ncols, len(images))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, image) in enumerate(zip(axes.flat, images)):
+        if cmap is not None and np.ndim(image) == 2:
+            ax.imshow(np.asarray(image), cmap=cmap)
+        else:
+            ax.imshow(to_numpy_image(image))
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def draw_box(ax: plt.Axes, box: Sequence[float], color: str = "lime", label: str | None = None) -> None:
+    """Draw an (xmin, ymin, xmax, ymax) pixel box on ``ax``."""
+    xmin, ymin, xmax, ymax = box
+    ax.add_patch(plt.Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False, edgecolor=color, linewidth=2))
+    if label:
+        ax.text(xmin, ymin, label, color="black", fontsize=8, va="bottom",
+                bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
