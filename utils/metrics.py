@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage, stats
 
 
 # --- Boxes and weakly supervised localisation (CAM chapter) -------------------------------
@@ -67,3 +68,116 @@ def localization_accuracy(pred_boxes: np.ndarray, gt_boxes: np.ndarray, iou_thre
             raise ValueError(f"correct_class must be {len(hits)} booleans, got {correct.dtype} {correct.shape}")
         hits &= correct
     return float(hits.mean())
+
+
+# --- Anomaly detection (PaDiM chapter) ----------------------------------------------------
+# Scores: higher = more anomalous. Labels and masks: True / 1 = anomalous.
+
+
+def _as_float_array(values: object, name: str) -> np.ndarray:
+    arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _as_binary_array(values: object, name: str) -> np.ndarray:
+    arr = np.asarray(values.detach().cpu() if hasattr(values, "detach") else values)
+    if arr.dtype != bool:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"{name} must be binary (bool or 0/1), got values {np.unique(arr)[:5].tolist()}...")
+        arr = arr.astype(bool)
+    return arr
+
+
+def _rank_auroc(scores: np.ndarray, positive: np.ndarray, what: str) -> float:
+    """Area under the ROC curve as the Mann-Whitney U statistic (ties count one half)."""
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUROC needs both normal and anomalous {what}; got {n_pos} anomalous "
+                         f"and {n_neg} normal")
+    ranks = stats.rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Image-level AUROC: probability that an anomalous image outscores a normal one.
+
+    ``scores``: (N,) anomaly scores; ``labels``: (N,) booleans or 0/1 (1 = anomalous).
+    """
+    s, y = _as_float_array(scores, "scores"), _as_binary_array(labels, "labels")
+    if s.ndim != 1 or s.shape != y.shape:
+        raise ValueError(f"scores and labels must be aligned 1-D arrays, got {s.shape} and {y.shape}")
+    return _rank_auroc(s, y, "images")
+
+
+def _maps_and_masks(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m, g = _as_float_array(maps, "maps"), _as_binary_array(masks, "masks")
+    if m.shape != g.shape:
+        raise ValueError(f"maps and masks must have the same shape, got {m.shape} and {g.shape}")
+    if m.ndim == 2:
+        m, g = m[None], g[None]
+    if m.ndim != 3:
+        raise ValueError(f"maps and masks must be (N, H, W) or (H, W), got {m.shape}")
+    return m, g
+
+
+def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:
+    """Pixel-level AUROC over all pixels of all images pooled.
+
+    ``maps``: (N, H, W) anomaly maps; ``masks``: (N, H, W) ground truth (True = defect).
+    """
+    m, g = _maps_and_masks(maps, masks)
+    return _rank_auroc(m.ravel(), g.ravel(), "pixels")
+
+
+def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-region-overlap curve at every distinct threshold (predicted anomalous: map >= t).
+
+    Regions are the 8-connected components of each ground-truth mask. For a threshold,
+    PRO is the mean over all regions (of all images) of the fraction of the region
+    predicted anomalous, and FPR the fraction of normal pixels (all images) predicted
+    anomalous. Returns ``(fpr, pro)``, both non-decreasing, starting at ``(0, 0)``
+    (threshold above every score) and ending at ``(1, 1)``. Exact, in one sort.
+    """
+    m, g = _maps_and_masks(maps, masks)
+    region = np.zeros(m.shape, dtype=np.int64)
+    n_regions = 0
+    for i, mask in enumerate(g):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        region[i] = np.where(labelled > 0, labelled + n_regions, 0)
+        n_regions += count
+    n_normal = int((~g).sum())
+    if n_regions == 0:
+        raise ValueError("PRO needs anomalous regions, but every mask is empty")
+    if n_normal == 0:
+        raise ValueError("PRO needs normal pixels for the false-positive rate, but every pixel is anomalous")
+    region = region.ravel()
+    sizes = np.bincount(region)
+    pro_weight = np.where(region > 0, 1.0 / (n_regions * sizes[region]), 0.0)
+    fpr_weight = np.where(region == 0, 1.0 / n_normal, 0.0)
+    order = np.argsort(-m.ravel(), kind="stable")
+    scores = m.ravel()[order]
+    last_of_each_score = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+    fpr = np.r_[0.0, np.cumsum(fpr_weight[order])[last_of_each_score]]
+    pro = np.r_[0.0, np.cumsum(pro_weight[order])[last_of_each_score]]
+    fpr[-1] = pro[-1] = 1.0  # every pixel predicted anomalous (removes rounding in the sums)
+    return np.minimum(fpr, 1.0), np.minimum(pro, 1.0)
+
+
+def pro_score(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float:
+    """Area under the PRO curve for FPR in [0, ``fpr_limit``], divided by ``fpr_limit``.
+
+    The MVTec AD protocol: the curve of :func:`pro_curve` integrated with the trapezoid
+    rule, its value at ``fpr_limit`` linearly interpolated; 1.0 is perfect.
+    """
+    if not 0.0 < fpr_limit <= 1.0:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    fpr, pro = pro_curve(maps, masks)
+    inside = int(np.searchsorted(fpr, fpr_limit, side="right"))
+    x, y = fpr[:inside], pro[:inside]
+    if x[-1] < fpr_limit:
+        x0, x1, y0, y1 = fpr[inside - 1], fpr[inside], pro[inside - 1], pro[inside]
+        x, y = np.r_[x, fpr_limit], np.r_[y, y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)]
+    return float(np.trapezoid(y, x) / fpr_limit)

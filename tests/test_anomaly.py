@@ -1,0 +1,230 @@
+"""Tests of utils.anomaly (PaDiM chapter) against slow, obvious references."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from scipy.spatial.distance import mahalanobis
+
+from utils.anomaly import (PaDiM, anomaly_maps, concat_taps, embed, fit_pca, gaussian_blur,
+                           image_scores, knn_patch_scores, project, select_dims)
+
+
+def unfold_fold_concat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The reference code's way: cut x into s x s blocks, append y's vector to every block entry."""
+    b, c1, h1, w1 = x.shape
+    _, c2, h2, w2 = y.shape
+    s = h1 // h2
+    blocks = F.unfold(x, kernel_size=s, stride=s).view(b, c1, s * s, h2, w2)
+    joined = torch.cat([blocks, y[:, :, None].expand(b, c2, s * s, h2, w2)], dim=1)
+    return F.fold(joined.view(b, (c1 + c2) * s * s, h2 * w2), output_size=(h1, w1), kernel_size=s, stride=s)
+
+
+def slow_fit(emb: np.ndarray, eps: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """np.mean / np.cov position by position: mean (P, C), covariance (P, C, C)."""
+    n, c, h, w = emb.shape
+    flat = emb.reshape(n, c, h * w)
+    mean = flat.mean(axis=0).T
+    cov = np.stack([np.cov(flat[:, :, p], rowvar=False) + eps * np.eye(c) for p in range(h * w)])
+    return mean, cov
+
+
+def slow_scores(mean: np.ndarray, cov: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """np.linalg.inv + scipy's mahalanobis per position and image: (B, H, W)."""
+    b, c, h, w = test.shape
+    flat = test.reshape(b, c, h * w)
+    out = np.empty((b, h * w))
+    for p in range(h * w):
+        inverse = np.linalg.inv(cov[p])
+        for i in range(b):
+            out[i, p] = mahalanobis(flat[i, :, p], mean[p], inverse)
+    return out.reshape(b, h, w)
+
+
+def random_embeddings(n: int, c: int = 6, h: int = 3, w: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(c, c, generator=g)
+    return torch.einsum("dc,nchw->ndhw", mixing, torch.randn(n, c, h, w, generator=g)) + 3.0
+
+
+# --- concat_taps -----------------------------------------------------------------------------
+
+def test_concat_taps_toy_by_hand():
+    fine = torch.arange(16.0).view(1, 1, 4, 4)
+    coarse = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]])
+    out = concat_taps([fine, coarse])
+    assert out.shape == (1, 3, 4, 4)
+    assert torch.equal(out[:, 0], fine[:, 0])
+    assert torch.equal(out[0, 1], torch.tensor([[1.0, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]))
+    assert torch.equal(out[0, 2, 2:, 2:], torch.full((2, 2), 8.0))
+
+
+@pytest.mark.parametrize("shapes", [[(1, 1, 4, 4), (1, 2, 2, 2)],
+                                    [(2, 5, 16, 12), (2, 3, 8, 6), (2, 4, 4, 3)]])
+def test_concat_taps_equals_unfold_fold(shapes):
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.randn(*s, generator=g) for s in shapes]
+    reference = maps[0]
+    for m in maps[1:]:
+        reference = unfold_fold_concat(reference, m)
+    assert torch.equal(concat_taps(maps), reference)
+
+
+def test_concat_taps_bad_inputs():
+    with pytest.raises(ValueError, match="at least one"):
+        concat_taps([])
+    with pytest.raises(ValueError, match="batch size"):
+        concat_taps([torch.zeros(2, 1, 4, 4), torch.zeros(3, 1, 2, 2)])
+    with pytest.raises(ValueError, match="integer multiple"):
+        concat_taps([torch.zeros(1, 1, 6, 6), torch.zeros(1, 1, 4, 4)])
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        concat_taps([torch.zeros(1, 4, 4)])
+
+
+# --- random channel selection ----------------------------------------------------------------
+
+def test_select_dims_reproducible_and_leaves_global_rng_alone():
+    torch.manual_seed(5)
+    before = torch.rand(1)
+    torch.manual_seed(5)
+    a = select_dims(448, 100, seed=1024)
+    assert torch.equal(torch.rand(1), before)
+    assert torch.equal(a, select_dims(448, 100, seed=1024))
+    assert not torch.equal(a, select_dims(448, 100, seed=1))
+    assert a.numel() == 100 and a.unique().numel() == 100 and torch.equal(a, a.sort().values)
+    assert 0 <= int(a.min()) and int(a.max()) < 448
+    with pytest.raises(ValueError, match="n_dims"):
+        select_dims(10, 11, seed=0)
+
+
+# --- PaDiM -------------------------------------------------------------------------------------
+
+def test_fit_matches_np_cov_per_position():
+    train = random_embeddings(20)
+    model = PaDiM(6).fit(train, store_dtype=torch.float64)
+    mean, cov = slow_fit(train.double().numpy())
+    np.testing.assert_allclose(model.mean.numpy(), mean, rtol=1e-10)
+    np.testing.assert_allclose(model.covariance.numpy(), cov, rtol=1e-9, atol=1e-12)
+
+
+def test_scores_match_scipy_mahalanobis_with_random_dims():
+    train, test = random_embeddings(30, c=10, seed=0), random_embeddings(7, c=10, seed=1) * 1.5
+    model = PaDiM(10, n_dims=6, seed=3).fit(train)
+    index = select_dims(10, 6, seed=3).numpy()
+    mean, cov = slow_fit(train.double().numpy()[:, index])
+    expected = slow_scores(mean, cov, test.double().numpy()[:, index])
+    np.testing.assert_allclose(model(test).numpy(), expected, rtol=1e-4)
+
+
+def test_streaming_fit_equals_one_batch_and_survives_large_offsets():
+    train = random_embeddings(23) + 1e4
+    whole = PaDiM(6).fit(train, store_dtype=torch.float64)
+    streamed = PaDiM(6).fit(train.split(5), store_dtype=torch.float64)
+    mean, cov = slow_fit(train.double().numpy())
+    np.testing.assert_allclose(streamed.mean.numpy(), whole.mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(streamed.covariance.numpy(), cov, rtol=1e-7, atol=1e-9)
+
+
+def test_state_dict_round_trip_gives_identical_maps():
+    train, test = random_embeddings(15, c=8), random_embeddings(4, c=8, seed=2)
+    model = PaDiM(8, n_dims=5, seed=77).fit(train)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = PaDiM(8, n_dims=5, seed=0)
+    loaded.load_state_dict(torch.load(buffer, weights_only=True))
+    assert int(loaded.seed) == 77 and torch.equal(loaded.index, select_dims(8, 5, seed=77))
+    assert torch.equal(loaded(test), model(test))
+    assert "fitted on a 3x4 grid" in repr(loaded)
+
+
+def test_padim_bad_inputs():
+    model = PaDiM(6)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model(random_embeddings(2))
+    with pytest.raises(ValueError, match="at least 2"):
+        model.fit(random_embeddings(1))
+    with pytest.raises(ValueError, match="channels"):
+        model.fit(random_embeddings(4, c=5))
+    with pytest.raises(ValueError, match="disagree on the grid"):
+        model.fit([random_embeddings(3), random_embeddings(3, h=2)])
+    model.fit(random_embeddings(4))
+    with pytest.raises(ValueError, match="grid"):
+        model(random_embeddings(2, h=5))
+    with pytest.raises(ValueError, match=r"\(B, F, H, W\)"):
+        model(torch.zeros(6, 3, 4))
+    with pytest.raises(ValueError, match="n_dims"):
+        PaDiM(6, n_dims=7)
+
+
+# --- anomaly maps ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sigma,size", [(4.0, (40, 36)), (1.5, (9, 7)), (4.0, (10, 12))])
+def test_gaussian_blur_equals_scipy(sigma, size):
+    maps = torch.rand(3, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = np.stack([gaussian_filter(m, sigma=sigma) for m in maps.numpy()])
+    np.testing.assert_allclose(gaussian_blur(maps, sigma).numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_anomaly_maps_upsample_then_smooth(mode):
+    distances = torch.rand(2, 7, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    up = F.interpolate(distances[:, None], size=28, mode=mode, align_corners=False)[:, 0].numpy()
+    expected = np.stack([gaussian_filter(m, sigma=4) for m in up])
+    maps = anomaly_maps(distances, 28, mode=mode, sigma=4)
+    np.testing.assert_allclose(maps.numpy(), expected, rtol=1e-10, atol=1e-12)
+    assert torch.equal(image_scores(maps), maps.flatten(1).max(dim=1).values)
+    with pytest.raises(ValueError, match="upsampling mode"):
+        anomaly_maps(distances, 28, mode="area")
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur(distances, 0.0)
+
+
+# --- kNN baseline and PCA -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_knn_patch_scores_match_brute_force(k):
+    train, test = random_embeddings(4), random_embeddings(2, seed=9)
+    memory = train.permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
+    queries = test.permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
+    expected = [np.sort(np.sqrt(((memory - q) ** 2).sum(1)))[:k].mean() for q in queries]
+    got = knn_patch_scores(train, test, k=k, chunk=5)
+    np.testing.assert_allclose(got.numpy().ravel(), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="channels"):
+        knn_patch_scores(train, random_embeddings(2, c=5))
+
+
+def test_fit_pca_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    train = random_embeddings(10)
+    mean, components = fit_pca(train.split(3), n_dims=3)
+    patches = train.permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
+    reference = PCA(n_components=3).fit(patches)
+    np.testing.assert_allclose(mean.numpy(), reference.mean_, rtol=1e-5)
+    cosines = np.abs((components.double().numpy() * reference.components_.T).sum(0))
+    np.testing.assert_allclose(cosines, 1.0, atol=1e-4)
+    projected = project(train, mean, components)
+    assert projected.shape == (10, 3, 3, 4)
+    flat = projected.permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
+    np.testing.assert_allclose(np.abs(flat), np.abs(reference.transform(patches)), atol=1e-3)
+
+
+# --- embeddings from the offline backbone ---------------------------------------------------------
+
+def test_embed_lite0_three_taps():
+    from utils.models import LITE0_TAPS, extract_features, load_lite0, normalize
+
+    model = load_lite0()
+    taps = {k: LITE0_TAPS[k] for k in ("stride4", "stride8", "stride16")}
+    images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    batches = list(embed(model, images, taps, "efficientnet_lite0", batch_size=2))
+    assert [b.shape for b in batches] == [(2, 176, 16, 16), (1, 176, 16, 16)]
+    features = extract_features(model, normalize(images), taps)
+    torch.testing.assert_close(torch.cat(batches), concat_taps(list(features.values())), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"\(N, 3, S, S\)"):
+        next(embed(model, images[:, :1], taps, "efficientnet_lite0"))
