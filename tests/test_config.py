@@ -1,0 +1,66 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from utils import config
+
+
+def test_profiles_and_unknown_name_lists_choices():
+    assert config.get_profile("tiny").offline and not config.get_profile("full").offline
+    with pytest.raises(ValueError, match=r"unknown profile 'smal'.*'tiny', 'full'"):
+        config.get_profile("smal")
+
+
+def test_seed_everything_repeats_all_generators():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(1).item()
+
+    config.seed_everything(3)
+    first = draw()
+    config.seed_everything(3)
+    assert draw() == first
+    config.seed_everything(4)
+    assert draw() != first
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "0", True])
+def test_seed_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="non-negative int"):
+        config.seed_everything(bad)
+
+
+def test_pick_device():
+    assert config.pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert config.pick_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            config.pick_device("cuda")
+
+
+def test_cache_dir_from_env_is_created(tmp_path, monkeypatch):
+    target = tmp_path / "a" / "b"
+    monkeypatch.setenv("CVBOOK_CACHE", str(target))
+    assert config.cache_dir() == target and target.is_dir()
+
+
+def test_data_dir_override_env_and_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv("CVBOOK_DATA", raising=False)
+    assert config.data_dir() is None
+    monkeypatch.setenv("CVBOOK_DATA", str(tmp_path))
+    assert config.data_dir() == tmp_path
+    other = tmp_path / "other"
+    other.mkdir()
+    assert config.data_dir(other) == other
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        config.data_dir(tmp_path / "nope")
+
+
+def test_start_run_summary(capsys, monkeypatch):
+    monkeypatch.delenv("CVBOOK_DATA", raising=False)
+    run = config.start_run("tiny", 1, "cpu", None)
+    assert run.tiny and run.seed == 1 and run.device.type == "cpu" and run.data_dir is None
+    assert "profile=tiny seed=1 device=cpu" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown profile"):
+        config.start_run("huge")

@@ -1,0 +1,69 @@
+import json
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from utils import results, scoreboard, viz  # noqa: E402
+
+
+def test_to_numpy_image_accepts_layouts_and_rejects_normalised():
+    chw = torch.rand(3, 4, 5)
+    assert viz.to_numpy_image(chw).shape == (4, 5, 3)
+    assert viz.to_numpy_image(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="still normalised"):
+        viz.to_numpy_image(chw - 0.5)
+    with pytest.raises(ValueError, match="expected an image"):
+        viz.to_numpy_image(np.zeros((2, 3, 4, 5)))
+
+
+def test_overlay_blends_and_checks_shape():
+    img = np.zeros((4, 4, 3))
+    heat = np.arange(16.0).reshape(4, 4)
+    out = viz.overlay(img, heat, alpha=1.0)
+    assert out.shape == (4, 4, 3)
+    expected = np.asarray(matplotlib.colormaps[viz.CMAP](heat / 15)[..., :3])
+    assert np.allclose(out, expected)
+    assert np.allclose(viz.overlay(img, np.ones((4, 4)), alpha=0.5),
+                       0.5 * np.asarray(matplotlib.colormaps[viz.CMAP](np.zeros((4, 4)))[..., :3]))
+    with pytest.raises(ValueError, match="upsample it first"):
+        viz.overlay(img, np.ones((2, 2)))
+
+
+def test_show_grid_titles_and_png(tmp_path):
+    fig = viz.show_grid([np.zeros((4, 4))] * 3, ["a", "b", "c"], ncols=2)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
+    fig.savefig(tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="2 titles for 3 images"):
+        viz.show_grid([np.zeros((4, 4))] * 3, ["a", "b"])
+
+
+def test_record_appends_replaces_and_sets_status():
+    results.record("99_test", "accuracy", 0.9, paper=0.95, profile="tiny")
+    results.record("99_test", "accuracy", 0.91, paper=0.95, profile="tiny")
+    results.record("99_test", "auroc", 0.97, paper=0.975, profile="full")
+    results.record("99_test", "gap claim", 0.5, paper=0.9, profile="full")
+    results.record("99_test", "ours", 3.0, unit="s")
+    rows = json.loads((results.results_dir() / "99_test.tiny.json").read_text())
+    assert [(r["claim"], r["ours"], r["status"]) for r in rows] == [
+        ("accuracy", 0.91, "not comparable (tiny profile)"), ("ours", 3.0, "ours only")]
+    full = {r["claim"]: r["status"] for r in results.load_all()["99_test.full"]}
+    assert full == {"auroc": "reproduced", "gap claim": "gap"}
+
+
+def test_record_rejects_bad_input():
+    with pytest.raises(ValueError, match="unknown profile"):
+        results.record("99_test", "x", 1.0, profile="medium")
+    with pytest.raises(ValueError, match="must be finite"):
+        results.record("99_test", "x", float("nan"))
+
+
+def test_scoreboard_renders_every_row():
+    results.record("99_test", "auroc", 0.97, paper=0.975, unit="", profile="full")
+    page = scoreboard.render(results.load_all())
+    assert "| 99_test | auroc | 0.975 | 0.97 |  | full | reproduced |" in page
+    assert "no results recorded yet" in scoreboard.render({})
