@@ -17,7 +17,8 @@ complete, so an interrupted run never leaves a half folder that looks finished.
 
 Every image is rendered from its own random generator, seeded by (seed, what, index),
 so one image can be re-rendered on its own (``render_*``); the tests use this to check
-that boxes and masks match the pixels that were pasted. The photographs and textures
+that boxes and masks match the pixels that were pasted. Bump ``VERSIONS[name]`` whenever
+a generator's output changes, so that caches built by older code are not reused. The photographs and textures
 come from scikit-image's bundled sample data (CC0 or public domain).
 
 Boxes follow the book's convention (see ``utils.metrics``): ``(xmin, ymin, xmax, ymax)``
@@ -536,9 +537,12 @@ def render_anomaly_image(seed: int, category: str, split: str, defect: str, inde
         if category == "brick" or rng.random() < 0.5:
             patch = np.rot90(patch)
         out[mask] = np.clip(patch[..., None] * tint * rng.uniform(0.92, 1.08), 0, 1)[mask]
-    to_uint8 = lambda a: (np.clip(a, 0, 1) * 255).round().astype(np.uint8)  # noqa: E731
-    image, clean8 = to_uint8(out), to_uint8(clean)
-    return AnomalySample(image, clean8, mask)
+    return AnomalySample(_to_uint8(out), _to_uint8(clean), mask)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] -> uint8, always rounded in float32 so equal pixels stay equal."""
+    return (np.clip(image.astype(np.float32), 0, 1) * np.float32(255)).round().astype(np.uint8)
 
 
 def anomaly_counts() -> dict[tuple[str, str], int]:
