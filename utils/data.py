@@ -46,7 +46,7 @@ register(RemoteFile(
     "pets-images", "https://thor.robots.ox.ac.uk/~vgg/data/pets/images.tar.gz",
     "67195c5e1c01f1ab5f9b6a5d22b8c27a580d896ece458917e61d459337fa318d", 791918971,
     "CC BY-SA 4.0 (Oxford-IIIT Pet dataset; images from Flickr and other sources)", "images.tar.gz",
-    "Oxford-IIIT Pet images: 7,390 photos of 37 cat and dog breeds"))
+    "Oxford-IIIT Pet images: 7,349 photos of 37 cat and dog breeds"))
 register(RemoteFile(
     "pets-annotations", "https://thor.robots.ox.ac.uk/~vgg/data/pets/annotations.tar.gz",
     "52425fb6de5c424942b7626b428656fcbd798db970a937df61750c0f1d358e91", 19173078,
