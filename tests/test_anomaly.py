@@ -108,7 +108,8 @@ def test_fit_matches_np_cov_per_position():
     model = PaDiM(6).fit(train, store_dtype=torch.float64)
     mean, cov = slow_fit(train.double().numpy())
     np.testing.assert_allclose(model.mean.numpy(), mean, rtol=1e-10)
-    np.testing.assert_allclose(model.covariance.numpy(), cov, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.precision.numpy(), np.linalg.inv(cov), rtol=1e-8, atol=1e-10)
+    assert torch.equal(model.whitening, model.whitening.tril())
 
 
 def test_scores_match_scipy_mahalanobis_with_random_dims():
@@ -126,7 +127,7 @@ def test_streaming_fit_equals_one_batch_and_survives_large_offsets():
     streamed = PaDiM(6).fit(train.split(5), store_dtype=torch.float64)
     mean, cov = slow_fit(train.double().numpy())
     np.testing.assert_allclose(streamed.mean.numpy(), whole.mean.numpy(), rtol=1e-12)
-    np.testing.assert_allclose(streamed.covariance.numpy(), cov, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.inv(streamed.precision.numpy()), cov, rtol=1e-7, atol=1e-9)
 
 
 def test_state_dict_round_trip_gives_identical_maps():

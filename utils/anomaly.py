@@ -8,7 +8,7 @@ channels, ``H x W`` = ``P`` patch positions of the finest tap):
 1. :func:`concat_taps` stacks the feature maps of several CNN taps into one embedding
    per finest position, ``(B, F, H, W)``; :func:`embed` runs a backbone batch by batch.
 2. :class:`PaDiM` keeps ``C`` of the ``F`` channels (random, seeded), fits one Gaussian
-   per position (mean ``(P, C)`` and the Cholesky factor of ``Sigma + eps I``,
+   per position (mean ``(P, C)`` and the inverse Cholesky factor of ``Sigma + eps I``,
    ``(P, C, C)``) while streaming over training batches, and turns test embeddings into
    Mahalanobis distance maps ``(B, H, W)``.
 3. :func:`anomaly_maps` upsamples the distances to the image size and smooths them with a
@@ -104,8 +104,11 @@ class PaDiM(nn.Module):
 
     Everything needed to score is a buffer, so ``state_dict()`` / ``load_state_dict()``
     round-trip a fitted model exactly: ``seed``, ``index`` ``(C,)`` (kept channels),
-    ``eps``, ``grid`` ``(2,)`` (``H, W``), ``mean`` ``(P, C)`` and ``cholesky`` ``(P, C, C)``,
-    the lower-triangular ``L`` with ``L L^T = Sigma + eps I`` (``P = H W``).
+    ``eps``, ``grid`` ``(2,)`` (``H, W``), ``mean`` ``(P, C)`` and ``whitening`` ``(P, C, C)``:
+    ``W = L^{-1}``, the inverse of the Cholesky factor ``L L^T = Sigma + eps I`` (``P = H W``),
+    lower-triangular, so that ``(Sigma + eps I)^{-1} = W^T W`` and the Mahalanobis distance is
+    ``||W (x - mu)||``. Storing ``W`` instead of ``L`` does the triangular solves once, at
+    fitting time, and leaves one batched matrix product per test batch.
     """
 
     def __init__(self, n_features: int, n_dims: int | None = None, seed: int = 1024,
@@ -122,7 +125,7 @@ class PaDiM(nn.Module):
         self.register_buffer("eps", torch.tensor(float(eps), dtype=torch.float64))
         self.register_buffer("grid", torch.zeros(2, dtype=torch.long))
         self.register_buffer("mean", torch.empty(0))
-        self.register_buffer("cholesky", torch.empty(0))
+        self.register_buffer("whitening", torch.empty(0))
 
     @property
     def n_dims(self) -> int:
@@ -130,7 +133,7 @@ class PaDiM(nn.Module):
 
     @property
     def fitted(self) -> bool:
-        return self.cholesky.numel() > 0
+        return self.whitening.numel() > 0
 
     def extra_repr(self) -> str:
         h, w = self.grid.tolist()
@@ -138,16 +141,17 @@ class PaDiM(nn.Module):
         return (f"n_features={self.n_features}, n_dims={self.n_dims}, seed={int(self.seed)}, "
                 f"eps={float(self.eps)}, {state}")
 
-    def _positions(self, embeddings: Tensor) -> Tensor:
-        """``(B, F, H, W)`` -> kept channels per position, ``(P, B, C)``."""
+    def _positions(self, embeddings: Tensor, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
+        """``(B, F, H, W)`` -> kept channels per position as a contiguous ``(P, C, B)`` tensor."""
         if not isinstance(embeddings, Tensor) or embeddings.ndim != 4:
             raise ValueError("embeddings must be a (B, F, H, W) tensor, got "
                              f"{tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__}")
         if embeddings.shape[1] != self.n_features:
             raise ValueError(f"embeddings have {embeddings.shape[1]} channels, the model expects {self.n_features}")
         b, _, h, w = embeddings.shape
-        kept = embeddings.index_select(1, self.index.to(embeddings.device))
-        return kept.reshape(b, self.n_dims, h * w).permute(2, 0, 1)
+        kept = embeddings.index_select(1, self.index.to(embeddings.device)).reshape(b, self.n_dims, h * w)
+        out = torch.empty(h * w, self.n_dims, b, dtype=dtype, device=device or embeddings.device)
+        return out.copy_(kept.permute(2, 1, 0))
 
     @torch.no_grad()
     def fit(self, embeddings: Tensor | Iterable[Tensor], dtype: torch.dtype = torch.float64,
@@ -158,39 +162,46 @@ class PaDiM(nn.Module):
         :func:`embed`), consumed once; memory is ``O(P C^2)`` whatever the number of images.
         Sums are accumulated in ``dtype`` around the first batch's mean (which keeps the
         one-pass covariance accurate); the covariance is the unbiased one (``N - 1``, like
-        ``np.cov``) plus ``eps I``. Mean and Cholesky factor are stored in ``store_dtype``
-        on the embeddings' device. Returns ``self``.
+        ``np.cov``) plus ``eps I``; its Cholesky factor ``L`` and ``W = L^{-1}`` (triangular
+        solves against the identity) are computed in ``dtype`` too. Mean and ``W`` are stored
+        in ``store_dtype`` on the embeddings' device. Returns ``self``.
         """
         batches = [embeddings] if isinstance(embeddings, Tensor) else embeddings
         count, shift, total, outer, grid = 0, None, None, None, None
         for batch in batches:
-            x = self._positions(batch).to(dtype)
+            x = self._positions(batch, dtype)
             if shift is None:
                 grid = tuple(batch.shape[2:])
-                shift = x.mean(dim=1, keepdim=True)
+                shift = x.mean(dim=2, keepdim=True)
                 total = torch.zeros_like(shift)
                 outer = x.new_zeros(x.shape[0], self.n_dims, self.n_dims)
             elif tuple(batch.shape[2:]) != grid:
                 raise ValueError(f"training batches disagree on the grid: {grid} then {tuple(batch.shape[2:])}")
-            centred = x - shift
-            total += centred.sum(dim=1, keepdim=True)
-            outer.baddbmm_(centred.transpose(1, 2), centred)
-            count += x.shape[1]
+            x -= shift
+            total += x.sum(dim=2, keepdim=True)
+            outer.baddbmm_(x, x.transpose(1, 2))
+            count += x.shape[2]
         if count < 2:
             raise ValueError(f"fitting needs at least 2 training images, got {count}")
         offset = total / count
-        covariance = (outer - count * offset.transpose(1, 2) @ offset) / (count - 1)
+        covariance = outer.baddbmm_(offset, offset.transpose(1, 2), alpha=-count).div_(count - 1)
         covariance.diagonal(dim1=1, dim2=2).add_(float(self.eps))
-        self.mean = (shift + offset).squeeze(1).to(store_dtype)
-        self.cholesky = torch.linalg.cholesky(covariance).to(store_dtype)
+        self.mean = (shift + offset).squeeze(2).to(store_dtype)
+        self.whitening = torch.empty(covariance.shape, dtype=store_dtype, device=covariance.device)
+        identity = torch.eye(self.n_dims, dtype=dtype, device=covariance.device)
+        chunk = max(1, 2**23 // self.n_dims**2)  # positions per step: ~64 MB of float64 temporaries
+        for start in range(0, covariance.shape[0], chunk):
+            cholesky = torch.linalg.cholesky(covariance[start:start + chunk])
+            self.whitening[start:start + chunk] = torch.linalg.solve_triangular(
+                cholesky, identity.expand_as(cholesky), upper=False)
         self.grid = torch.tensor(grid, dtype=torch.long, device=self.mean.device)
         return self
 
     @property
-    def covariance(self) -> Tensor:
-        """``Sigma + eps I`` per position, ``(P, C, C)``, rebuilt from the stored factor."""
+    def precision(self) -> Tensor:
+        """``(Sigma + eps I)^{-1} = W^T W`` per position, ``(P, C, C)``."""
         self._check_fitted()
-        return self.cholesky @ self.cholesky.transpose(1, 2)
+        return self.whitening.transpose(1, 2) @ self.whitening
 
     def _check_fitted(self) -> None:
         if not self.fitted:
@@ -200,22 +211,22 @@ class PaDiM(nn.Module):
     def forward(self, embeddings: Tensor) -> Tensor:
         """Mahalanobis distance of every test patch to its position's Gaussian, ``(B, H, W)``.
 
-        ``d = ||L^{-1} (x - mu)||``: one batched triangular solve over positions and images,
-        in the stored dtype, on the model's device (the embeddings are moved there).
+        ``d = ||W (x - mu)||``: one batched matrix product over positions and images, in the
+        stored dtype, on the model's device (the embeddings are moved there).
         """
         self._check_fitted()
-        x = self._positions(embeddings).to(self.cholesky.device, self.cholesky.dtype)
+        x = self._positions(embeddings, self.whitening.dtype, self.whitening.device)
         b, _, h, w = embeddings.shape
         if [h, w] != self.grid.tolist():
             raise ValueError(f"embeddings are on a {h}x{w} grid, the model was fitted on "
                              f"{'x'.join(map(str, self.grid.tolist()))}")
-        diff = (x - self.mean[:, None, :]).transpose(1, 2)
-        z = torch.linalg.solve_triangular(self.cholesky, diff, upper=False)
+        x -= self.mean[:, :, None]
+        z = torch.bmm(self.whitening, x)
         return z.square().sum(dim=1).sqrt().T.reshape(b, h, w)
 
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # mean and cholesky are empty until fitted: take the saved shapes before copying.
-        for name in ("mean", "cholesky"):
+        # mean and whitening are empty until fitted: take the saved shapes before copying.
+        for name in ("mean", "whitening"):
             saved = state_dict.get(prefix + name)
             if saved is not None:
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
@@ -283,12 +294,13 @@ def image_scores(maps: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int = 2048) -> Tensor:
+def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int | None = None) -> Tensor:
     """SPADE-like patch scores: mean distance to the ``k`` nearest training patch vectors.
 
     ``train``: ``(N, C, H, W)`` embeddings of normal images, all ``N H W`` patch vectors form
     the memory (any position); ``test``: ``(B, C, H', W')``. Test patches are processed
-    ``chunk`` at a time with ``torch.cdist``, so memory is ``chunk x N H W`` distances.
+    ``chunk`` at a time with ``torch.cdist`` (default: as many as keep the ``chunk x N H W``
+    distance block near 2^24 values).
     Returns ``(B, H', W')``. Unlike :class:`PaDiM`, time and memory grow with ``N``.
     """
     if train.ndim != 4 or test.ndim != 4:
@@ -300,6 +312,7 @@ def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int = 2048)
         raise ValueError(f"k must be in [1, {memory.shape[0]}], got {k}")
     b, c, h, w = test.shape
     queries = test.permute(0, 2, 3, 1).reshape(-1, c)
+    chunk = chunk or max(1, 2**24 // memory.shape[0])
     scores = torch.cat([torch.cdist(q, memory).topk(k, dim=1, largest=False).values.mean(dim=1)
                         for q in queries.split(chunk)])
     return scores.reshape(b, h, w)
