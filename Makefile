@@ -21,7 +21,7 @@ book: env
 	@$(MAKE) --no-print-directory html
 
 test: env
-	@$(MAKE) --no-print-directory unit realdata nbval html
+	@$(MAKE) --no-print-directory --keep-going unit realdata nbval html
 
 env:
 	@if [ "$$(cat $(ENV_STAMP) 2>/dev/null)" != "$(REQ_SHA)" ]; then \
