@@ -55,6 +55,15 @@ def test_cam_bad_inputs():
         class_activation_maps(np.zeros((1, 3, 2, 2)), torch.zeros(2, 3))
 
 
+def test_cam_keeps_feature_dtype_and_gradients():
+    features = torch.randn(1, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 4)                                   # float32 weight, float64 features
+    maps = class_activation_maps(features, weight)
+    assert maps.dtype == torch.float64
+    maps[0, 1].sum().backward()                                 # d(sum of map 1)/d features = weight[1]
+    torch.testing.assert_close(features.grad[0], weight[1].double().view(4, 1, 1).expand(4, 2, 2))
+
+
 def test_upsample_matches_skimage_bilinear():
     maps = torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5) ** 1.5
     up = upsample_maps(maps, (12, 20))
@@ -73,6 +82,9 @@ def test_upsample_nearest_is_block_repeat_and_errors():
         upsample_maps(maps, 6, mode="lanczos")
     with pytest.raises(ValueError, match=r"\(B, K, h, w\)"):
         upsample_maps(maps[0], 6)
+    with pytest.raises(ValueError, match="positive int"):
+        upsample_maps(maps, (0, 4))
+    assert upsample_maps(maps, (3, 5)).shape == (1, 2, 3, 5)       # non-square target
 
 
 def test_normalize_maps_against_loop_and_constant_map():
