@@ -141,17 +141,32 @@ class PaDiM(nn.Module):
         return (f"n_features={self.n_features}, n_dims={self.n_dims}, seed={int(self.seed)}, "
                 f"eps={float(self.eps)}, {state}")
 
-    def _positions(self, embeddings: Tensor, dtype: torch.dtype, device: torch.device | None = None) -> Tensor:
-        """``(B, F, H, W)`` -> kept channels per position as a contiguous ``(P, C, B)`` tensor."""
+    def _check_embeddings(self, embeddings: Tensor) -> None:
         if not isinstance(embeddings, Tensor) or embeddings.ndim != 4:
             raise ValueError("embeddings must be a (B, F, H, W) tensor, got "
                              f"{tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__}")
         if embeddings.shape[1] != self.n_features:
             raise ValueError(f"embeddings have {embeddings.shape[1]} channels, the model expects {self.n_features}")
+
+    def _chunks(self, embeddings: Tensor, dtype: torch.dtype,
+                device: torch.device | None = None) -> Iterator[tuple[slice, Tensor]]:
+        """Kept channels of consecutive ranges of positions, each a contiguous ``(p, B, C)`` tensor.
+
+        ``(B, C, P) -> (P, B, C)`` is a transpose; done a few megabytes at a time, each piece is
+        still in the CPU cache when the matrix products use it.
+        """
         b, _, h, w = embeddings.shape
-        kept = embeddings.index_select(1, self.index.to(embeddings.device)).reshape(b, self.n_dims, h * w)
-        out = torch.empty(h * w, self.n_dims, b, dtype=dtype, device=device or embeddings.device)
-        return out.copy_(kept.permute(2, 1, 0))
+        flat = embeddings.reshape(b, self.n_features, h * w)
+        index = self.index.to(flat.device)
+        budget = 2**20 if flat.device.type == "cpu" else 2**26  # values per piece
+        step = max(1, budget // (b * self.n_dims))
+        for start in range(0, h * w, step):
+            part = slice(start, min(start + step, h * w))
+            piece = flat[:, :, part]
+            if self.n_dims < self.n_features:
+                piece = piece.index_select(1, index)
+            moved = piece.reshape(b * self.n_dims, -1).t().to(device or flat.device).contiguous()
+            yield part, moved.to(dtype).view(-1, b, self.n_dims)
 
     @torch.no_grad()
     def fit(self, embeddings: Tensor | Iterable[Tensor], dtype: torch.dtype = torch.float64,
@@ -167,26 +182,30 @@ class PaDiM(nn.Module):
         in ``store_dtype`` on the embeddings' device. Returns ``self``.
         """
         batches = [embeddings] if isinstance(embeddings, Tensor) else embeddings
-        count, shift, total, outer, grid = 0, None, None, None, None
+        count, grid, shift, total, outer = 0, None, None, None, None
         for batch in batches:
-            x = self._positions(batch, dtype)
-            if shift is None:
+            self._check_embeddings(batch)
+            if grid is None:
                 grid = tuple(batch.shape[2:])
-                shift = x.mean(dim=2, keepdim=True)
+                positions = grid[0] * grid[1]
+                shift = batch.new_zeros(positions, 1, self.n_dims, dtype=dtype)
                 total = torch.zeros_like(shift)
-                outer = x.new_zeros(x.shape[0], self.n_dims, self.n_dims)
+                outer = batch.new_zeros(positions, self.n_dims, self.n_dims, dtype=dtype)
             elif tuple(batch.shape[2:]) != grid:
                 raise ValueError(f"training batches disagree on the grid: {grid} then {tuple(batch.shape[2:])}")
-            x -= shift
-            total += x.sum(dim=2, keepdim=True)
-            outer.baddbmm_(x, x.transpose(1, 2))
-            count += x.shape[2]
+            for part, x in self._chunks(batch, dtype):
+                if count == 0:
+                    shift[part] = x.mean(dim=1, keepdim=True)
+                x -= shift[part]
+                total[part] += x.sum(dim=1, keepdim=True)
+                outer[part].baddbmm_(x.transpose(1, 2), x)
+            count += batch.shape[0]
         if count < 2:
             raise ValueError(f"fitting needs at least 2 training images, got {count}")
         offset = total / count
-        covariance = outer.baddbmm_(offset, offset.transpose(1, 2), alpha=-count).div_(count - 1)
+        covariance = outer.baddbmm_(offset.transpose(1, 2), offset, alpha=-count).div_(count - 1)
         covariance.diagonal(dim1=1, dim2=2).add_(float(self.eps))
-        self.mean = (shift + offset).squeeze(2).to(store_dtype)
+        self.mean = (shift + offset).squeeze(1).to(store_dtype)
         self.whitening = torch.empty(covariance.shape, dtype=store_dtype, device=covariance.device)
         identity = torch.eye(self.n_dims, dtype=dtype, device=covariance.device)
         chunk = max(1, 2**23 // self.n_dims**2)  # positions per step: ~64 MB of float64 temporaries
@@ -211,18 +230,23 @@ class PaDiM(nn.Module):
     def forward(self, embeddings: Tensor) -> Tensor:
         """Mahalanobis distance of every test patch to its position's Gaussian, ``(B, H, W)``.
 
-        ``d = ||W (x - mu)||``: one batched matrix product over positions and images, in the
-        stored dtype, on the model's device (the embeddings are moved there).
+        ``d = ||W x - W mu||``: batched matrix products over positions and images (with the
+        subtraction fused into them), in the stored dtype, on the model's device (the
+        embeddings are moved there).
         """
         self._check_fitted()
-        x = self._positions(embeddings, self.whitening.dtype, self.whitening.device)
+        self._check_embeddings(embeddings)
         b, _, h, w = embeddings.shape
         if [h, w] != self.grid.tolist():
             raise ValueError(f"embeddings are on a {h}x{w} grid, the model was fitted on "
                              f"{'x'.join(map(str, self.grid.tolist()))}")
-        x -= self.mean[:, :, None]
-        z = torch.bmm(self.whitening, x)
-        return z.square().sum(dim=1).sqrt().T.reshape(b, h, w)
+        out = self.whitening.new_empty(h * w, b)
+        for part, x in self._chunks(embeddings, self.whitening.dtype, self.whitening.device):
+            w_t = self.whitening[part].transpose(1, 2)
+            w_mu = torch.bmm(self.mean[part, None, :], w_t)                        # (p, 1, C)
+            z = torch.baddbmm(w_mu, x, w_t, beta=-1)                               # (p, B, C)
+            out[part] = torch.linalg.vector_norm(z, dim=2)
+        return out.T.reshape(b, h, w)
 
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # mean and whitening are empty until fitted: take the saved shapes before copying.
