@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import mahalanobis
 
+import utils.anomaly as anomaly_module
 from utils.anomaly import (PaDiM, anomaly_maps, concat_taps, embed, fit_pca, gaussian_blur,
                            image_scores, knn_patch_scores, project, select_dims)
 
@@ -128,6 +129,17 @@ def test_streaming_fit_equals_one_batch_and_survives_large_offsets():
     mean, cov = slow_fit(train.double().numpy())
     np.testing.assert_allclose(streamed.mean.numpy(), whole.mean.numpy(), rtol=1e-12)
     np.testing.assert_allclose(np.linalg.inv(streamed.precision.numpy()), cov, rtol=1e-7, atol=1e-9)
+
+
+def test_positions_in_several_pieces_give_the_same_model_and_maps(monkeypatch):
+    train, test = random_embeddings(9, c=8, h=5, w=7), random_embeddings(3, c=8, h=5, w=7, seed=4)
+    whole = PaDiM(8, n_dims=5, seed=2).fit(train.split(4))
+    expected = whole(test)
+    monkeypatch.setattr(anomaly_module, "CHUNK_VALUES_CPU", 40)  # 40 // (4 images x 5 dims) = 2 positions
+    pieces = PaDiM(8, n_dims=5, seed=2).fit(train.split(4))
+    torch.testing.assert_close(pieces.mean, whole.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(pieces.whitening, whole.whitening, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pieces(test), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_state_dict_round_trip_gives_identical_maps():

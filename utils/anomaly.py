@@ -27,6 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: Values per piece of positions in PaDiM's fit and scoring (4 MB of float32 on a CPU: cache-sized).
+CHUNK_VALUES_CPU = 2**20
+CHUNK_VALUES_GPU = 2**26
+
 __all__ = ["concat_taps", "embed", "select_dims", "PaDiM", "gaussian_kernel", "gaussian_blur",
            "anomaly_maps", "image_scores", "knn_patch_scores", "fit_pca", "project"]
 
@@ -158,7 +162,7 @@ class PaDiM(nn.Module):
         b, _, h, w = embeddings.shape
         flat = embeddings.reshape(b, self.n_features, h * w)
         index = self.index.to(flat.device)
-        budget = 2**20 if flat.device.type == "cpu" else 2**26  # values per piece
+        budget = CHUNK_VALUES_CPU if flat.device.type == "cpu" else CHUNK_VALUES_GPU
         step = max(1, budget // (b * self.n_dims))
         for start in range(0, h * w, step):
             part = slice(start, min(start + step, h * w))
