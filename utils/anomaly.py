@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .models import extract_features, normalize
+
 #: Values per piece of positions in PaDiM's fit and scoring (4 MB of float32 on a CPU: cache-sized).
 CHUNK_VALUES_CPU = 2**20
 CHUNK_VALUES_GPU = 2**26
@@ -74,8 +76,6 @@ def embed(model: nn.Module, images: Tensor, taps: Mapping[str, str], backbone: s
     ``backbone`` names the input normalisation (see :func:`utils.models.normalize`). Each
     batch is moved to ``device`` (default: the model's device); the embeddings stay there.
     """
-    from utils.models import extract_features, normalize
-
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (N, 3, S, S), got {tuple(images.shape)}")
     if batch_size < 1:
