@@ -47,6 +47,8 @@ def execute(path: Path, profile: str) -> float:
     papermill.execute_notebook(str(path), str(path), parameters=parameters, cwd=str(path.parent),
                                kernel_name="python3", progress_bar=False)
     nb = nbformat.read(path, as_version=4)
+    for key in ("input_path", "output_path"):  # keep machine paths out of the committed file
+        nb.metadata.get("papermill", {})[key] = f"notebooks/{path.name}"
     nb.metadata["cvbook"] = {"source_sha256": source_digest(nb), "profile": profile}
     nbformat.write(nb, path)
     return time.perf_counter() - start

@@ -30,6 +30,10 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4g}"
 
 
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
 def render(results: dict[str, list[dict]]) -> str:
     """The scoreboard page as Markdown: one table, one row per recorded claim."""
     lines = [HEADER, "| chapter | claim | paper | ours | unit | profile | status |",
@@ -37,7 +41,7 @@ def render(results: dict[str, list[dict]]) -> str:
     for stem, rows in results.items():
         chapter = stem.rsplit(".", 1)[0]
         for row in rows:
-            lines.append(f"| {chapter} | {row['claim']} | {_fmt(row['paper'])} | {_fmt(row['ours'])} | "
+            lines.append(f"| {chapter} | {_cell(row['claim'])} | {_fmt(row['paper'])} | {_fmt(row['ours'])} | "
                          f"{row.get('unit') or ''} | {row['profile']} | {row['status']} |")
     if not any(results.values()):
         lines.append("| – | no results recorded yet | | | | | |")
