@@ -5,29 +5,18 @@ Runs only with a data directory (``CVBOOK_DATA``) holding ``mvtec_ad/grid`` and/
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from utils import config, data
-
-
-def _root(parent: str, category: str) -> Path:
-    base = config.data_dir()
-    if base is None:
-        pytest.skip("no data directory: set CVBOOK_DATA to run the real-data tests")
-    root = (base / parent).resolve()
-    if not (root / category / "train" / "good").is_dir():
-        pytest.skip(f"data directory has no {parent}/{category}/train/good")
-    return root
+from utils import data
 
 
 @pytest.mark.realdata
-def test_mvtec_grid_subset():
-    root = _root("mvtec_ad", "grid")
+def test_mvtec_grid_subset(real_mvtec):
+    root = real_mvtec("mvtec_ad", "grid")
     with Image.open(next((root / "grid" / "train" / "good").iterdir())) as img:
         assert img.mode == "L" and img.size == (1024, 1024)  # grid is grayscale
     train, train_masks, train_labels, _ = data.load_mvtec(root, "grid", "train", resize=256, crop=224)
@@ -41,8 +30,8 @@ def test_mvtec_grid_subset():
 
 
 @pytest.mark.realdata
-def test_mvtec_grid_masks_are_aligned_with_their_files():
-    root = _root("mvtec_ad", "grid")
+def test_mvtec_grid_masks_are_aligned_with_their_files(real_mvtec):
+    root = real_mvtec("mvtec_ad", "grid")
     ds = data.MVTecAD(root, "grid", "test", resize=256, crop=None)
     for i, (path, mask_path, _, _) in enumerate(ds.samples):
         if mask_path is None:
@@ -57,8 +46,8 @@ def test_mvtec_grid_masks_are_aligned_with_their_files():
 
 
 @pytest.mark.realdata
-def test_hazelnut_toy():
-    root = _root(".", "hazelnut_toy")
+def test_hazelnut_toy(real_mvtec):
+    root = real_mvtec(".", "hazelnut_toy")
     train, _, train_labels, _ = data.load_mvtec(root, "hazelnut_toy", "train", resize=256, crop=224)
     assert train.shape == (28, 3, 224, 224) and not train_labels.any()
     test, masks, labels, defects = data.load_mvtec(root, "hazelnut_toy", "test", resize=256, crop=224)

@@ -5,12 +5,9 @@ Runs only with a data directory (``CVBOOK_DATA``) holding ``mvtec_ad/grid`` and/
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from utils import config
 from utils.anomaly import PaDiM, anomaly_maps, embed, image_scores
 from utils.metrics import image_auroc, pixel_auroc
 
@@ -20,13 +17,8 @@ TAPS = ("stride4", "stride8", "stride16")
 @pytest.mark.realdata
 @pytest.mark.parametrize("parent,category,min_image_auroc", [("mvtec_ad", "grid", None),
                                                              (".", "hazelnut_toy", 0.95)])
-def test_padim_lite0_on_real_images(parent, category, min_image_auroc):
-    data = config.data_dir()
-    if data is None:
-        pytest.skip("no data directory: set CVBOOK_DATA to run the real-data tests")
-    root = (data / parent).resolve()
-    if not (root / category / "train" / "good").is_dir():
-        pytest.skip(f"data directory has no {Path(parent, category, 'train', 'good')}")
+def test_padim_lite0_on_real_images(parent, category, min_image_auroc, real_mvtec):
+    root = real_mvtec(parent, category)
     from utils.data import load_mvtec
     from utils.models import LITE0_TAPS, load_lite0
 
