@@ -47,7 +47,7 @@ scoreboard:
 
 # Book build with execution off (notebooks are committed executed).
 html: scoreboard
-	@rm -rf _build/html
+	@rm -rf _build
 	@$(TIMED) "book build (jupyter-book 1, warnings as errors)" $(BIN)/jupyter-book build . $(JB_FLAGS)
 	@test -f _build/html/index.html || { echo "ERROR: _build/html/index.html missing (is jupyter-book < 2 installed?)"; exit 1; }
 	@echo "book: _build/html/index.html"
