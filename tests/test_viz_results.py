@@ -67,3 +67,8 @@ def test_scoreboard_renders_every_row():
     page = scoreboard.render(results.load_all())
     assert "| 99_test | auroc | 0.975 | 0.97 |  | full | reproduced |" in page
     assert "no results recorded yet" in scoreboard.render({})
+
+
+def test_book_style_sets_dpi_and_colormap():
+    viz.use_book_style()
+    assert matplotlib.rcParams["figure.dpi"] == 72 and matplotlib.rcParams["image.cmap"] == viz.CMAP

@@ -125,10 +125,14 @@ def start_run(profile: str = "tiny", seed: int = 0, device: str = "auto",
     """The one call every chapter makes after its parameters cell.
 
     Validates the profile, seeds everything, picks the device, resolves the data
-    folder and prints a one-line summary (without machine-specific paths).
+    folder, applies the book's figure style and prints a one-line summary (without
+    machine-specific paths).
     """
+    from .viz import use_book_style
+
     run = Run(get_profile(profile), seed, pick_device(device), data_dir(data))
     seed_everything(seed)
+    use_book_style()
     source = "data directory set" if run.data_dir else "no data directory (generated data only)"
     print(f"profile={run.profile.name} seed={seed} device={run.device.type} torch={torch.__version__}; {source}")
     return run

@@ -95,3 +95,9 @@ def draw_box(ax: plt.Axes, box: Sequence[float], color: str = "lime", label: str
     if label:
         ax.text(xmin, ymin, label, color="black", fontsize=8, va="bottom",
                 bbox={"facecolor": color, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+
+
+def use_book_style() -> None:
+    """Book-wide figure defaults: the book's colormap, and 72 dpi so that committed
+    notebooks with many photo grids stay small (figures are still sized in inches)."""
+    matplotlib.rcParams.update({"figure.dpi": 72, "image.cmap": CMAP})
