@@ -1,7 +1,6 @@
 """The offline generators: determinism, caching, layouts read by the real loaders, exact boxes and masks."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -28,15 +27,10 @@ def sets(tmp_path_factory) -> dict[str, Path]:
     return _generate_all(tmp_path_factory.mktemp("synthetic-cache"), 0)
 
 
-def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_same_seed_gives_byte_identical_files(sets, tmp_path):
     again = _generate_all(tmp_path / "second-cache", 0)
     for name, root in sets.items():
-        first, second = _hashes(root), _hashes(again[name])
+        first, second = synthetic.file_hashes(root), synthetic.file_hashes(again[name])
         assert len(first) > 100
         assert first == second, f"{name}: files differ between two runs with seed 0"
 
@@ -65,14 +59,14 @@ def test_second_call_returns_cached_folder_without_rebuilding(monkeypatch):
     monkeypatch.setattr(synthetic, "_build_anomaly", quick_build)
     first = synthetic.make_anomaly_set(0)
     assert first == synthetic.dataset_dir("anomaly", 0) and (first / "README.txt").read_text() == "seed 0"
-    before = _hashes(first)
+    before = synthetic.file_hashes(first)
 
     def must_not_run(root, seed):
         raise AssertionError("the generator ran again although the folder was cached")
 
     monkeypatch.setattr(synthetic, "_build_anomaly", must_not_run)
     assert synthetic.make_anomaly_set(0) == first
-    assert _hashes(first) == before
+    assert synthetic.file_hashes(first) == before
 
 
 def test_interrupted_build_leaves_no_folder(monkeypatch):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cam import upsample_maps
 from .models import extract_features, normalize
 
 #: Values per piece of positions in PaDiM's fit and scoring (4 MB of float32 on a CPU: cache-sized).
@@ -304,13 +305,9 @@ def anomaly_maps(distances: Tensor, size: int | tuple[int, int], mode: str = "bi
     paper; ``align_corners=False``), then smoothed with a Gaussian of std ``sigma`` pixels
     (``None`` skips the smoothing). Bicubic can overshoot, so its maps may dip below zero.
     """
-    if mode not in ("bilinear", "bicubic", "nearest"):
-        raise ValueError(f"unknown upsampling mode {mode!r}; choose 'bilinear', 'bicubic' or 'nearest'")
     if distances.ndim != 3:
         raise ValueError(f"distances must be (B, h, w), got {tuple(distances.shape)}")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    extra = {} if mode == "nearest" else {"align_corners": False}
-    maps = F.interpolate(distances[:, None], size=size, mode=mode, **extra)[:, 0]
+    maps = upsample_maps(distances[:, None], size, mode)[:, 0]
     return maps if sigma is None else gaussian_blur(maps, sigma)
 
 

@@ -60,7 +60,7 @@ def upsample_maps(maps: torch.Tensor, size: int | tuple[int, int], mode: str = "
     covering the image in equal tiles, so cell centres land on the centres of the tiles.
     """
     if mode not in UPSAMPLE_MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(UPSAMPLE_MODES)}")
+        raise ValueError(f"unknown upsampling mode {mode!r}; choose one of {', '.join(UPSAMPLE_MODES)}")
     if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
         raise ValueError(f"maps must be a (B, K, h, w) tensor, got {getattr(maps, 'shape', type(maps))}")
     size = (size, size) if isinstance(size, int) else tuple(size)

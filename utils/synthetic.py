@@ -43,6 +43,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from . import config
+from .registry import sha256_of
 
 VERSIONS = {"localization": 1, "multilabel": 1, "anomaly": 1}
 
@@ -578,6 +579,13 @@ def make_anomaly_set(seed: int = 0) -> Path:
     of scratch, stain, hole, cut_paste) and ``ground_truth/<defect>/NNN_mask.png`` (0/255).
     """
     return _cached("anomaly", seed, _build_anomaly)
+
+
+def file_hashes(root: str | Path) -> dict[str, str]:
+    """SHA-256 of every file under ``root``, keyed by its path relative to ``root``: two
+    generations with the same seed must give equal dictionaries."""
+    root = Path(root)
+    return {str(p.relative_to(root)): sha256_of(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def raw_intensity_baseline(train_images: np.ndarray | torch.Tensor, test_images: np.ndarray | torch.Tensor,
