@@ -17,7 +17,7 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 .PHONY: book test env notebooks scoreboard html unit realdata nbval html-check benchmark clean
 
 book: env
-	@$(TIMED) "execute changed notebooks (PROFILE=$(PROFILE))" $(BIN)/python -m utils.run_notebooks --profile $(PROFILE)
+	@$(TIMED) "execute changed notebooks (PROFILE=$(PROFILE))" $(BIN)/python -m tools.run_notebooks --profile $(PROFILE)
 	@$(MAKE) --no-print-directory html
 
 test: env
@@ -40,10 +40,10 @@ realdata:
 
 # Notebooks are re-run exactly as committed: tiny profile, no data directory.
 nbval:
-	@$(TIMED) "notebooks (nbval)" env -u CVBOOK_DATA $(BIN)/pytest $(NBVAL_FLAGS) -q notebooks
+	@$(TIMED) "notebooks (nbval)" env -u CVBOOK_DATA CVBOOK_PROGRESS=0 $(BIN)/pytest $(NBVAL_FLAGS) -q notebooks
 
 scoreboard:
-	@$(BIN)/python -m utils.scoreboard
+	@$(BIN)/python -m tools.scoreboard
 
 # Book build with execution off (notebooks are committed executed).
 html: scoreboard

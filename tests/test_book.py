@@ -9,7 +9,8 @@ import nbformat
 import pytest
 import yaml
 
-from utils import results, scoreboard
+from tools import scoreboard
+from utils import results
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -103,9 +104,14 @@ def test_notebook_conventions(path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged 'parameters'"
     params = code[0].source
-    for name, default in [("PROFILE", '"tiny"'), ("SEED", None), ("DEVICE", '"auto"'), ("DATA_DIR", "None")]:
+    for name, default in [("PROFILE", '"tiny"'), ("SEED", None), ("DEVICE", '"auto"'), ("DATA_DIR", "None"),
+                          ("SMOKE", "False")]:
         assert re.search(rf"^{name} = {re.escape(default) if default else ''}", params, re.M), name
     assert code[1].source == SETUP_CELL, "second code cell must be notebooks/SETUP_CELL.txt verbatim"
+    assert "hide-input" in code[1].metadata.get("tags", []), "the setup cell is hidden in the book (tag hide-input)"
+    sources = "\n".join(c.source for c in code)
+    assert "NBVAL_" not in sources, "mark volatile cells with nbval's cell tags (nbval-ignore-output), not comments"
+    assert "profile=RUN.profile.name" not in sources, "record results with run=RUN (smoke runs record nothing)"
     assert all(c.execution_count is not None for c in code if c.source.strip()), "commit notebooks executed"
     outputs = json.dumps([c.get("outputs", []) for c in code])
     assert '"ename"' not in outputs, "an output holds an error"

@@ -1,6 +1,6 @@
 import nbformat
 
-from utils import run_notebooks
+from tools import run_notebooks
 
 
 def make_nb(path, source="x = 1"):

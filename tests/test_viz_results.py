@@ -7,7 +7,8 @@ import torch
 
 matplotlib.use("Agg")
 
-from utils import results, scoreboard, viz  # noqa: E402
+from tools import scoreboard  # noqa: E402
+from utils import results, viz  # noqa: E402
 
 
 def test_to_numpy_image_accepts_layouts_and_rejects_normalised():
@@ -71,4 +72,4 @@ def test_scoreboard_renders_every_row():
 
 def test_book_style_sets_dpi_and_colormap():
     viz.use_book_style()
-    assert matplotlib.rcParams["figure.dpi"] == 72 and matplotlib.rcParams["image.cmap"] == viz.CMAP
+    assert matplotlib.rcParams["figure.dpi"] == viz.DPI and matplotlib.rcParams["image.cmap"] == viz.CMAP

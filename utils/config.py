@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 
 CACHE_ENV = "CVBOOK_CACHE"
 DATA_ENV = "CVBOOK_DATA"
+#: Set to "0" by the build tools (runner, nbval, smoke and GPU runs): no progress bars in
+#: executed notebooks, whose outputs are committed and compared.
+PROGRESS_ENV = "CVBOOK_PROGRESS"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,14 @@ def pick_device(device: str = "auto") -> torch.device:
     return chosen
 
 
+def progress(iterable: Iterable[T], desc: str | None = None, total: int | None = None, **kwargs) -> Iterable[T]:
+    """Wrap a long loop in a progress bar (text ``tqdm``) for a reader running the notebook;
+    silent when ``$CVBOOK_PROGRESS`` is ``"0"`` (set by the tools that execute notebooks)."""
+    from tqdm import tqdm  # a text bar: works without ipywidgets
+
+    return tqdm(iterable, desc=desc, total=total, disable=os.environ.get(PROGRESS_ENV) == "0", **kwargs)
+
+
 def cache_dir() -> Path:
     """Directory for generated datasets and downloads (``$CVBOOK_CACHE``), created on demand."""
     path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cvbook").expanduser()
@@ -108,31 +122,68 @@ def data_dir(override: str | os.PathLike | None = None) -> Path | None:
 
 @dataclass(frozen=True)
 class Run:
-    """What one notebook run uses: profile, seed, device and the optional data folder."""
+    """What one notebook run uses: profile, seed, device, the optional data folder, and
+    whether it is a *smoke* run.
+
+    A smoke run (``SMOKE = True`` with ``PROFILE = "full"``) follows the full profile's code
+    path (full image sizes, full backbones, the real loaders) cut to a handful of images and
+    one epoch, so that CI executes every full-profile branch. Two helpers keep that out of
+    the chapters' text: :meth:`trim` picks the smoke-sized value of a setting, and
+    :meth:`claim` checks a statement about a method's quality except in a smoke run (where
+    the numbers mean nothing). Identities and shapes are checked with plain ``assert``.
+    """
 
     profile: Profile
     seed: int
     device: torch.device
     data_dir: Path | None
+    smoke: bool = False
 
     @property
     def tiny(self) -> bool:
         return self.profile.name == "tiny"
 
+    def trim(self, value: T, smoke: T) -> T:
+        """``value`` in a normal run, ``smoke`` in a smoke run.
+
+        >>> EPOCHS = RUN.trim(30, 1); CATEGORIES = RUN.trim(ALL, ALL[:1])
+        """
+        return smoke if self.smoke else value
+
+    def claim(self, condition: object, message: str = "") -> bool:
+        """Assert a claim about a method's quality (an accuracy above a baseline, say).
+
+        Raises :class:`AssertionError` with ``message`` when ``condition`` is false, except in
+        a smoke run, where it only reports that the claim was not checked. Returns whether
+        the condition held.
+        """
+        held = bool(condition)
+        if not held and not self.smoke:
+            raise AssertionError(message or "claim failed")
+        if not held:
+            print(f"smoke run: claim not checked: {message}")
+        return held
+
 
 def start_run(profile: str = "tiny", seed: int = 0, device: str = "auto",
-              data: str | os.PathLike | None = None) -> Run:
+              data: str | os.PathLike | None = None, smoke: bool = False) -> Run:
     """The one call every chapter makes after its parameters cell.
 
     Validates the profile, seeds everything, picks the device, resolves the data
     folder, applies the book's figure style and prints a one-line summary (without
-    machine-specific paths).
+    machine-specific paths). ``smoke=True`` is only meaningful with ``profile="full"``
+    (the tiny profile is already small) and raises otherwise.
     """
     from .viz import use_book_style
 
-    run = Run(get_profile(profile), seed, pick_device(device), data_dir(data))
+    if not isinstance(smoke, bool):
+        raise TypeError(f"SMOKE must be True or False, got {smoke!r}")
+    run = Run(get_profile(profile), seed, pick_device(device), data_dir(data), smoke)
+    if smoke and run.tiny:
+        raise ValueError('SMOKE=True cuts the full profile down; use it with PROFILE="full"')
     seed_everything(seed)
     use_book_style()
     source = "data directory set" if run.data_dir else "no data directory (generated data only)"
-    print(f"profile={run.profile.name} seed={seed} device={run.device.type} torch={torch.__version__}; {source}")
+    mode = " (smoke run: a handful of images, one epoch; quality claims not checked)" if smoke else ""
+    print(f"profile={run.profile.name}{mode} seed={seed} device={run.device.type} torch={torch.__version__}; {source}")
     return run

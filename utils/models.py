@@ -11,6 +11,7 @@ Explained in the *Getting started* chapter (``notebooks/00_getting_started.ipynb
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
@@ -82,6 +83,31 @@ def lite0_body() -> nn.Module:
     small data.
     """
     return Lite0Body(load_lite0())
+
+
+def pretrained_body(backbone: str) -> tuple[nn.Module, int]:
+    """The convolutional body of a pretrained network and its number of output channels.
+
+    ``"efficientnet_lite0"`` (offline) or a torchvision ResNet name: (B, 3, H, W) ->
+    (B, C, H/32, W/32), the feature map a CAM head reads. Used by every CAM-family chapter.
+    """
+    if backbone == "efficientnet_lite0":
+        return lite0_body(), 1280
+    resnet = load_torchvision(backbone)
+    return nn.Sequential(*list(resnet.children())[:-2]), resnet.fc.in_features
+
+
+def gap_head(channels: int, n_classes: int, bias: bool = False) -> nn.Sequential:
+    """Global average pooling, flatten and a linear layer: the head whose weights CAM reads.
+
+    (B, channels, H, W) -> (B, n_classes) logits; sub-modules ``pool``, ``flatten``, ``fc``.
+    Without bias (the default) the mean over (H, W) of the class activation maps equals the
+    logits exactly (see :func:`utils.cam.class_activation_maps`).
+    """
+    if channels < 1 or n_classes < 1:
+        raise ValueError(f"channels and n_classes must be positive, got {channels}, {n_classes}")
+    return nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                     fc=nn.Linear(channels, n_classes, bias=bias)))
 
 
 def load_torchvision(name: str, weights: str = "IMAGENET1K_V1") -> nn.Module:

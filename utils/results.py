@@ -2,7 +2,7 @@
 
 Every chapter calls :func:`record` for each claim it checks. Rows land in
 ``results/<chapter>.<profile>.json`` (re-recording a claim replaces its row), and
-``python -m utils.scoreboard`` turns all files into ``book/scoreboard.md``.
+``python -m tools.scoreboard`` turns all files into ``book/scoreboard.md``.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from .config import get_profile
+from .config import Run, get_profile
 
 RESULTS_ENV = "CVBOOK_RESULTS"
 
@@ -38,11 +38,15 @@ def status_of(ours: float, paper: float | None, profile: str, tolerance: float |
 
 
 def record(chapter: str, claim: str, ours: float, paper: float | None = None, unit: str | None = None,
-           profile: str = "tiny", note: str = "", tolerance: float | None = None) -> dict:
+           profile: str = "tiny", note: str = "", tolerance: float | None = None, run: Run | None = None) -> dict:
     """Store one measured value (and the paper's, when it has one) for ``chapter``'s ``claim``.
 
-    ``chapter`` is the notebook's stem (e.g. ``"02_cam"``). Returns the stored row.
+    ``chapter`` is the notebook's stem (e.g. ``"02_cam"``). Chapters pass ``run=RUN``, which
+    sets ``profile`` from the run; in a smoke run (:attr:`utils.config.Run.smoke`) nothing is
+    written, because its numbers come from a handful of images. Returns the row.
     """
+    if run is not None:
+        profile = run.profile.name
     get_profile(profile)
     if not chapter or not claim:
         raise ValueError("chapter and claim must be non-empty strings")
@@ -52,6 +56,8 @@ def record(chapter: str, claim: str, ours: float, paper: float | None = None, un
     row = {"claim": claim, "ours": round(ours, 6), "paper": None if paper is None else float(paper),
            "unit": unit, "profile": profile, "note": note,
            "status": status_of(ours, paper, profile, tolerance)}
+    if run is not None and run.smoke:
+        return row
     path = results_dir() / f"{chapter}.{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(path.read_text()) if path.exists() else []

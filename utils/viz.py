@@ -12,6 +12,10 @@ import numpy as np
 import torch
 
 CMAP = "magma"
+#: Width of the book's content column in inches at the book's dpi (780 px at 100 dpi):
+#: figures are created at most this wide so that they are shown at their natural size.
+COLUMN_INCHES = 7.8
+DPI = 100
 
 
 def to_numpy_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -98,6 +102,30 @@ def draw_box(ax: plt.Axes, box: Sequence[float], color: str = "lime", label: str
 
 
 def use_book_style() -> None:
-    """Book-wide figure defaults: the book's colormap, and 72 dpi so that committed
-    notebooks with many photo grids stay small (figures are still sized in inches)."""
-    matplotlib.rcParams.update({"figure.dpi": 72, "image.cmap": CMAP})
+    """Book-wide figure defaults: the book's colormap, :data:`DPI` and font sizes that stay
+    legible in the ~780 px content column when a figure is at most :data:`COLUMN_INCHES` wide."""
+    matplotlib.rcParams.update({"figure.dpi": DPI, "image.cmap": CMAP, "font.size": 10,
+                                "axes.titlesize": 10, "figure.titlesize": 11, "legend.fontsize": 9})
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 3):
+    """A table for a notebook's output: ``display(viz.markdown_table(...))``.
+
+    The book renders notebook Markdown output with MyST, so this becomes a real ``<table>``
+    (a ``print``ed pipe table would be a run-on paragraph). Floats are shown with ``digits``
+    decimals, ``None`` as an en dash, and ``|`` inside a cell is escaped.
+    """
+    from IPython.display import Markdown
+
+    def cell(value: object) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, (float, np.floating)):
+            return f"{value:.{digits}f}"
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    if any(len(row) != len(header) for row in rows):
+        raise ValueError(f"every row needs {len(header)} cells (one per header column)")
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return Markdown("\n".join(lines))

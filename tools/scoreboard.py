@@ -1,6 +1,6 @@
 """Build ``book/scoreboard.md`` from the measured results in ``results/*.json``.
 
-Run by ``make book`` / ``make test`` before the book build (``python -m utils.scoreboard``);
+Run by ``make book`` / ``make test`` before the book build (``python -m tools.scoreboard``);
 a test checks that the committed page matches the committed results.
 """
 from __future__ import annotations
@@ -8,7 +8,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .results import load_all
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from utils.results import load_all  # noqa: E402
 
 PAGE = Path(__file__).resolve().parent.parent / "book" / "scoreboard.md"
 
