@@ -7,6 +7,8 @@ Explained in the *Class Activation Maps* chapter (``notebooks/02_cam.ipynb``).
 * :func:`upsample_maps` - resize maps to the image size.
 * :func:`normalize_maps` - per-map min-max scaling to ``[0, 1]``.
 * :func:`cam_to_boxes` - threshold a map, keep the largest connected component, return its box.
+* :func:`boostlu` - BoostLU of Kim et al. (2023): positive map values times ``alpha``
+  (the *BoostLU* chapter, ``notebooks/08_boostlu.ipynb``).
 
 Boxes follow the convention of :mod:`utils.metrics`: ``(xmin, ymin, xmax, ymax)`` in pixel
 *edge* coordinates, ``xmax``/``ymax`` exclusive. A box around pixel columns ``0..W-1`` and
@@ -127,3 +129,19 @@ def cam_to_boxes(cam: torch.Tensor | np.ndarray, rel_threshold: float = 0.2) -> 
     if cam.ndim == 2:
         return _box_of_one_map(cam, rel_threshold)
     return np.array([_box_of_one_map(m, rel_threshold) for m in cam], dtype=np.int64).reshape(-1, 4)
+
+
+def boostlu(x: torch.Tensor, alpha: float = 5.0) -> torch.Tensor:
+    """BoostLU of Kim et al. (CVPR 2023): ``alpha * x`` where ``x > 0``, ``x`` elsewhere.
+
+    Applied element-wise to class activation maps (B, K, H, W) *before* global average
+    pooling, so the logit becomes ``mean(M) + (alpha - 1) * mean(ReLU(M))``. ``alpha >= 1``
+    (the paper uses 5); ``alpha = 1`` is the identity. Any shape and float dtype; the
+    gradient is ``alpha`` where ``x > 0`` and 1 elsewhere (at 0 it is 1). No value checks,
+    so it can sit inside a training step without a host-device sync.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
+    if not alpha >= 1:
+        raise ValueError(f"alpha must be >= 1 (BoostLU amplifies positive evidence), got {alpha}")
+    return torch.where(x > 0, x * alpha, x)

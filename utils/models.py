@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .cam import boostlu
 from .hooks import record
 
 LITE0_MEAN = (127.0 / 255, 127.0 / 255, 127.0 / 255)
@@ -97,17 +98,66 @@ def pretrained_body(backbone: str) -> tuple[nn.Module, int]:
     return nn.Sequential(*list(resnet.children())[:-2]), resnet.fc.in_features
 
 
-def gap_head(channels: int, n_classes: int, bias: bool = False) -> nn.Sequential:
-    """Global average pooling, flatten and a linear layer: the head whose weights CAM reads.
+class CAMHead(nn.Sequential):
+    """Global average pooling, flatten and a linear layer, readable as class activation maps.
+
+    (B, channels, H, W) features -> (B, n_classes) logits; sub-modules ``pool``, ``flatten``,
+    ``fc`` (so ``head.fc.weight`` is the (K, C) matrix CAM reads). Because pooling and the
+    linear layer commute, the same head is a 1x1 convolution giving one map per class,
+    :meth:`maps`, followed by GAP: ``mean_hw(maps(x)) == logits`` (the bias, when there is
+    one, is added at every position, so the identity still holds).
+
+    ``alpha`` (attribute, default 1) applies BoostLU (:func:`utils.cam.boostlu`) to the maps
+    before pooling: ``logits = mean_hw(boostlu(maps(x), alpha))``. With ``alpha == 1`` the
+    forward pass is the plain pool -> flatten -> linear. Set it to 5 after training for
+    "BoostLU at inference only", or before training to train with it (the *BoostLU* chapter).
+    """
+
+    def __init__(self, channels: int, n_classes: int, bias: bool = False, alpha: float = 1.0) -> None:
+        if channels < 1 or n_classes < 1:
+            raise ValueError(f"channels and n_classes must be positive, got {channels}, {n_classes}")
+        super().__init__(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                     fc=nn.Linear(channels, n_classes, bias=bias)))
+        self.alpha = alpha
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        if not value >= 1:
+            raise ValueError(f"alpha must be >= 1, got {value}")
+        self._alpha = float(value)
+
+    def maps(self, features: torch.Tensor) -> torch.Tensor:
+        """Class activation maps (B, K, H, W) = the linear layer applied at every position
+        (bias included), before any BoostLU."""
+        if features.ndim != 4:
+            raise ValueError(f"features must have shape (B, C, H, W), got {tuple(features.shape)}")
+        maps = torch.einsum("bchw,kc->bkhw", features, self.fc.weight)
+        if self.fc.bias is not None:
+            maps = maps + self.fc.bias.view(1, -1, 1, 1)
+        return maps
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self._alpha == 1.0:
+            return super().forward(features)
+        return boostlu(self.maps(features), self._alpha).mean(dim=(2, 3))
+
+    def extra_repr(self) -> str:
+        return f"alpha={self._alpha:g}" if self._alpha != 1.0 else ""
+
+
+def gap_head(channels: int, n_classes: int, bias: bool = False) -> CAMHead:
+    """The CAM head (:class:`CAMHead`): global average pooling, flatten and a linear layer.
 
     (B, channels, H, W) -> (B, n_classes) logits; sub-modules ``pool``, ``flatten``, ``fc``.
     Without bias (the default) the mean over (H, W) of the class activation maps equals the
-    logits exactly (see :func:`utils.cam.class_activation_maps`).
+    logits exactly (see :func:`utils.cam.class_activation_maps`); with a bias,
+    :meth:`CAMHead.maps` adds it at every position and the identity still holds.
     """
-    if channels < 1 or n_classes < 1:
-        raise ValueError(f"channels and n_classes must be positive, got {channels}, {n_classes}")
-    return nn.Sequential(OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
-                                     fc=nn.Linear(channels, n_classes, bias=bias)))
+    return CAMHead(channels, n_classes, bias=bias)
 
 
 def load_torchvision(name: str, weights: str = "IMAGENET1K_V1") -> nn.Module:
