@@ -1,6 +1,7 @@
 """Evaluation metrics shared by the chapters.
 
 * Boxes and weakly supervised localisation (IoU, localisation accuracy): the CAM chapter.
+* Pointing game (hits, class-averaged accuracy): the Grad-CAM chapter.
 * Anomaly detection (image / pixel AUROC, PRO): the PaDiM chapter.
 """
 from __future__ import annotations
@@ -68,6 +69,50 @@ def localization_accuracy(pred_boxes: np.ndarray, gt_boxes: np.ndarray, iou_thre
             raise ValueError(f"correct_class must be {len(hits)} booleans, got {correct.dtype} {correct.shape}")
         hits &= correct
     return float(hits.mean())
+
+
+# --- Pointing game (Grad-CAM chapter) -----------------------------------------------------
+# Zhang et al. (2016) as implemented in TorchRay: a hit when a ground-truth pixel lies within
+# ``tolerance_px`` of the map's maximum (TorchRay: 15 px at 224 px input). Boxes use the
+# convention above, so box pixels are columns xmin..xmax-1 and rows ymin..ymax-1.
+
+
+def pointing_game(maps: np.ndarray, boxes: np.ndarray, tolerance_px: float = 0.0) -> np.ndarray:
+    """Per-image pointing-game hits: is the map's maximum within ``tolerance_px`` of the box?
+
+    ``maps``: (B, H, W) saliency maps at the resolution the boxes are given in (pixels);
+    ``boxes``: (B, 4) boxes (xmin, ymin, xmax, ymax), book convention (exclusive max).
+    The maximum is the first one in row-major order (``argmax``); an all-constant map
+    therefore points at pixel (0, 0). The distance is Euclidean from the maximum's pixel to
+    the nearest box pixel, so ``tolerance_px=0`` means "inside the box".
+    Returns (B,) booleans.
+    """
+    m = _as_float_array(maps, "maps")
+    b = _as_boxes(boxes, "boxes")
+    if m.ndim != 3 or b.ndim != 2 or len(m) != len(b):
+        raise ValueError(f"maps must be (B, H, W) and boxes (B, 4) with the same B, got {m.shape} and {b.shape}")
+    if tolerance_px < 0:
+        raise ValueError(f"tolerance_px must be >= 0, got {tolerance_px}")
+    if ((b[:, 2] - b[:, 0]) < 1).any() or ((b[:, 3] - b[:, 1]) < 1).any():
+        raise ValueError("every box must cover at least one pixel (xmax - xmin >= 1, ymax - ymin >= 1)")
+    flat = m.reshape(len(m), -1).argmax(axis=1)
+    rows, cols = np.unravel_index(flat, m.shape[1:])
+    dx = np.maximum.reduce([b[:, 0] - cols, np.zeros(len(b)), cols - (b[:, 2] - 1)])
+    dy = np.maximum.reduce([b[:, 1] - rows, np.zeros(len(b)), rows - (b[:, 3] - 1)])
+    return dx ** 2 + dy ** 2 <= tolerance_px ** 2
+
+
+def pointing_accuracy(hits: np.ndarray, classes: np.ndarray) -> float:
+    """Class-averaged pointing-game accuracy: mean over classes of hits / (hits + misses).
+
+    ``hits``: (N,) booleans from :func:`pointing_game`; ``classes``: (N,) class labels
+    (any hashable values, e.g. ints or 'cat'/'dog'). Every class present counts once.
+    """
+    h = np.asarray(hits)
+    c = np.asarray(classes)
+    if h.dtype != bool or h.ndim != 1 or c.shape != h.shape or h.size == 0:
+        raise ValueError(f"hits must be non-empty (N,) booleans and classes (N,), got {h.dtype} {h.shape} and {c.shape}")
+    return float(np.mean([h[c == k].mean() for k in np.unique(c)]))
 
 
 # --- Anomaly detection (PaDiM chapter) ----------------------------------------------------
