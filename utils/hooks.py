@@ -41,10 +41,21 @@ def record(model: nn.Module, names: Sequence[str], gradients: bool = False,
            detach: bool = True) -> Iterator[Recording]:
     """Hook the modules called ``names`` for the duration of the ``with`` block.
 
-    Forward hooks store each module's output (detached unless ``detach=False``, which
-    keeps it in the graph, e.g. for a loss on the feature map). Full backward hooks
-    (:meth:`~torch.nn.Module.register_full_backward_hook`) store the gradient with respect to
-    that output. Every hook is removed on exit, also when the block raises.
+    Forward hooks store each module's output: with ``detach=True`` (default) a detached
+    *copy*, so a later in-place operation (``ReLU(inplace=True)`` after a BatchNorm, ``out +=
+    identity`` in a ResNet block) cannot change what was recorded; with ``detach=False`` the
+    tensor itself, still in the graph (e.g. for a loss on the feature map). With
+    ``gradients=True`` the forward hook also registers a *tensor* hook on that output, which
+    stores the gradient of the backward pass's loss with respect to it (the value before any
+    later in-place change). Full module backward hooks are not used: they wrap outputs in a
+    view that in-place operations downstream are not allowed to modify. A module called
+    several times in one forward pass keeps its last call. Every hook is removed on exit, also
+    when the block raises.
+
+    Raises ``TypeError`` when a hooked module returns something other than one tensor (a
+    tuple, e.g. ``nn.MultiheadAttention``: hook the sub-module that makes the tensor), and
+    ``RuntimeError`` when ``gradients=True`` but the output does not require grad (the forward
+    ran under ``torch.no_grad()``, or nothing before the module requires grad).
     """
     if isinstance(names, str):
         names = [names]
@@ -54,14 +65,22 @@ def record(model: nn.Module, names: Sequence[str], gradients: bool = False,
     try:
         for name, module in targets.items():
             def save_output(_module, _inputs, output, name=name):
-                rec.activations[name] = output.detach() if detach else output
+                if not isinstance(output, torch.Tensor):
+                    raise TypeError(f"module {name!r} returned a {type(output).__name__}, not one tensor; "
+                                    "record a sub-module whose output is a tensor")
+                rec.activations[name] = output.detach().clone() if detach else output
+                if gradients:
+                    if not output.requires_grad:
+                        raise RuntimeError(f"gradients=True but the output of {name!r} does not require grad: "
+                                           "run the forward pass outside torch.no_grad(), with trainable "
+                                           "parameters before the module or an input with requires_grad=True")
+
+                    def save_grad(grad: torch.Tensor, name: str = name) -> None:
+                        rec.gradients[name] = grad.detach()
+
+                    handles.append(output.register_hook(save_grad))
 
             handles.append(module.register_forward_hook(save_output))
-            if gradients:
-                def save_grad(_module, _grad_in, grad_out, name=name):
-                    rec.gradients[name] = grad_out[0].detach()
-
-                handles.append(module.register_full_backward_hook(save_grad))
         yield rec
     finally:
         for handle in handles:
