@@ -9,6 +9,7 @@ feature taps of :mod:`utils.models`.
 """
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,12 +28,14 @@ class Recording:
 
 
 def find_module(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module called ``name`` (as in ``model.named_modules()``); unknown names raise
-    with a few close suggestions."""
+    """The sub-module called ``name`` (as in ``model.named_modules()``); an unknown name raises
+    ``KeyError`` listing the closest names and the top-level modules."""
     modules = dict(model.named_modules())
     if name not in modules:
-        hints = [n for n in modules if n and (name in n or n.split(".")[0] == name.split(".")[0])][:8]
-        raise KeyError(f"model has no module called {name!r}; similar names: {hints or list(modules)[1:9]}")
+        close = difflib.get_close_matches(name, [n for n in modules if n], n=6, cutoff=0.5)
+        top = [n for n in modules if n and "." not in n]
+        raise KeyError(f"model has no module called {name!r}; similar names: {close}; "
+                       f"top-level modules: {top[:20]}")
     return modules[name]
 
 
