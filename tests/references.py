@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import numpy as np
+import torch
+
 
 # --- Multi-label learning (BoostLU chapter): per-entry references for utils.multilabel -------
 
@@ -50,3 +53,46 @@ def large_loss_k_exact(batch_size: int, n_classes: int, epoch: int, delta: Fract
     steps = 1 if mode == "LL-Cp" else epoch - 1
     numerator = batch_size * n_classes * steps * delta.numerator
     return -(-numerator // delta.denominator)
+
+
+# --- Patch SVDD chapter: score spreading and nearest-neighbour search (utils.patch_svdd) ------
+
+def spread_double_loop(scores: np.ndarray | torch.Tensor, k: int, stride: int,
+                       size: tuple[int, int]) -> np.ndarray:
+    """Patch scores ``(B, h, w)`` -> pixel maps ``(B, H, W)``: every pixel gets the mean score of
+    the K x K patches (top-left corner ``(i stride, j stride)``) covering it; 0 where none does.
+    Two loops over the grid adding into a sum and a count, as the Patch SVDD source does."""
+    scores = np.asarray(scores, dtype=np.float64)
+    b, h, w = scores.shape
+    total = np.zeros((b, *size))
+    count = np.zeros(size)
+    for i in range(h):
+        for j in range(w):
+            total[:, i * stride:i * stride + k, j * stride:j * stride + k] += scores[:, i, j, None, None]
+            count[i * stride:i * stride + k, j * stride:j * stride + k] += 1
+    return total / np.maximum(count, 1)
+
+
+def knn_brute_force(memory: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Distance of each query ``(Q, D)`` to its nearest memory vector ``(M, D)``, in float64,
+    one query at a time with explicit differences (no matrix-product shortcut)."""
+    memory = np.asarray(memory, dtype=np.float64)
+    queries = np.asarray(queries, dtype=np.float64)
+    return np.array([np.sqrt(((memory - q) ** 2).sum(axis=1)).min() for q in queries])
+
+
+def knn_kdtree_per_row(train_codes: np.ndarray | torch.Tensor, test_codes: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The Patch SVDD source's search: a KD-tree over every training code ``(N, D, h, w)``, then
+    one query per row of every test image's grid ``(B, D, h', w')``. Returns ``(B, h', w')``."""
+    from sklearn.neighbors import KDTree
+
+    train_codes = np.asarray(train_codes, dtype=np.float64)
+    test_codes = np.asarray(test_codes, dtype=np.float64)
+    tree = KDTree(train_codes.transpose(0, 2, 3, 1).reshape(-1, train_codes.shape[1]))
+    b, _, h, w = test_codes.shape
+    out = np.empty((b, h, w))
+    for n in range(b):
+        for i in range(h):
+            distances, _ = tree.query(test_codes[n, :, i, :].T, k=1)
+            out[n, i] = distances[:, 0]
+    return out

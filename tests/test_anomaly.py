@@ -1,4 +1,4 @@
-"""Tests of utils.anomaly (PaDiM chapter) against slow, obvious references."""
+"""Tests of utils.anomaly and utils.padim (PaDiM chapter) against slow, obvious references."""
 from __future__ import annotations
 
 import io
@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import mahalanobis
 
-import utils.anomaly as anomaly_module
-from utils.anomaly import (PaDiM, anomaly_maps, concat_taps, embed, fit_pca, gaussian_blur,
-                           image_scores, knn_patch_scores, project, select_dims)
+import utils.padim as padim_module
+from utils.anomaly import (anomaly_maps, concat_taps, embed, fit_pca, gaussian_blur, image_scores,
+                           knn_patch_scores, project, select_dims)
+from utils.padim import PaDiM
 
 
 def unfold_fold_concat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -135,7 +136,7 @@ def test_positions_in_several_pieces_give_the_same_model_and_maps(monkeypatch):
     train, test = random_embeddings(9, c=8, h=5, w=7), random_embeddings(3, c=8, h=5, w=7, seed=4)
     whole = PaDiM(8, n_dims=5, seed=2).fit(train.split(4))
     expected = whole(test)
-    monkeypatch.setattr(anomaly_module, "CHUNK_VALUES_CPU", 40)  # 40 // (4 images x 5 dims) = 2 positions
+    monkeypatch.setattr(padim_module, "CHUNK_VALUES_CPU", 40)  # 40 // (4 images x 5 dims) = 2 positions
     pieces = PaDiM(8, n_dims=5, seed=2).fit(train.split(4))
     torch.testing.assert_close(pieces.mean, whole.mean, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(pieces.whitening, whole.whitening, rtol=1e-5, atol=1e-5)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils.anomaly import PaDiM, anomaly_maps, embed, image_scores
-from utils.metrics import image_auroc, pixel_auroc
+from utils.anomaly import embed, evaluate
+from utils.padim import PaDiM
 
 TAPS = ("stride4", "stride8", "stride16")
 
@@ -29,10 +29,9 @@ def test_padim_lite0_on_real_images(parent, category, min_image_auroc, real_mvte
     test, masks, labels, _ = load_mvtec(root, category, "test", resize=256, crop=224)
     padim = PaDiM(176).fit(embed(model, train, taps, "efficientnet_lite0", batch_size=8))
     distances = torch.cat([padim(e) for e in embed(model, test, taps, "efficientnet_lite0", batch_size=8)])
-    maps = anomaly_maps(distances, 224, sigma=4)
+    result = evaluate(distances, masks, labels, sigma=4)
 
-    pixel = pixel_auroc(maps, masks)
-    image = image_auroc(image_scores(maps), labels)
+    pixel, image = result["pixel AUROC"], result["image AUROC"]
     print(f"{category}: pixel AUROC {pixel:.3f}, image AUROC {image:.3f}")
     assert pixel >= 0.95
     if min_image_auroc is not None:

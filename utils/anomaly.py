@@ -1,41 +1,38 @@
-"""Patch-distribution anomaly detection: PaDiM and a patch nearest-neighbour baseline.
+"""Shared anomaly-detection pieces: patch embeddings, maps at image size, one evaluation.
 
-Explained in the PaDiM chapter (``notebooks/06_padim.ipynb``).
+Explained in the PaDiM chapter (``notebooks/06_padim.ipynb``) and used again by the Patch SVDD
+chapter (``notebooks/07_patch_svdd.ipynb``). The two methods' models live in
+:mod:`utils.padim` and :mod:`utils.patch_svdd`.
 
-The pipeline, with shapes (``B`` images, ``F`` stacked feature channels, ``C`` kept
-channels, ``H x W`` = ``P`` patch positions of the finest tap):
+Shapes: ``B`` images, ``F`` stacked feature channels, ``H x W`` patch positions.
 
-1. :func:`concat_taps` stacks the feature maps of several CNN taps into one embedding
-   per finest position, ``(B, F, H, W)``; :func:`embed` runs a backbone batch by batch.
-2. :class:`PaDiM` keeps ``C`` of the ``F`` channels (random, seeded), fits one Gaussian
-   per position (mean ``(P, C)`` and the inverse Cholesky factor of ``Sigma + eps I``,
-   ``(P, C, C)``) while streaming over training batches, and turns test embeddings into
-   Mahalanobis distance maps ``(B, H, W)``.
-3. :func:`anomaly_maps` upsamples the distances to the image size and smooths them with a
-   Gaussian; :func:`image_scores` takes each map's maximum.
-
-:func:`knn_patch_scores` is the SPADE-like baseline (distance to the nearest training
-patch vector, any position), and :func:`fit_pca` / :func:`project` give the PCA
-alternative to random channel selection used in the chapter's ablation.
+1. :func:`concat_taps` stacks the feature maps of several CNN taps into one embedding per
+   finest position, ``(B, F, H, W)``; :func:`embed` runs a backbone batch by batch;
+   :func:`select_dims` draws PaDiM's random channels, :func:`fit_pca` / :func:`project` the
+   PCA alternative.
+2. :func:`knn_patch_scores` is the nearest-neighbour patch score (SPADE-like baseline and
+   Patch SVDD's score): distance to the nearest training patch vector, any position.
+3. :func:`anomaly_maps` brings patch scores ``(B, h, w)`` to the image size and smooths them
+   with a Gaussian; :func:`image_scores` takes each map's maximum.
+4. :func:`evaluate` is the one evaluation of any patch scorer: maps at image size, optional
+   smoothing, image AUROC, pixel AUROC and PRO (:func:`scores_of`); :func:`score_batches`
+   runs a scorer (a function of an image batch) over a test set batch by batch.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import metrics
 from .cam import upsample_maps
 from .models import extract_features, normalize
 
-#: Values per piece of positions in PaDiM's fit and scoring (4 MB of float32 on a CPU: cache-sized).
-CHUNK_VALUES_CPU = 2**20
-CHUNK_VALUES_GPU = 2**26
-
-__all__ = ["concat_taps", "embed", "select_dims", "PaDiM", "gaussian_kernel", "gaussian_blur",
-           "anomaly_maps", "image_scores", "knn_patch_scores", "fit_pca", "project"]
+__all__ = ["concat_taps", "embed", "select_dims", "gaussian_kernel", "gaussian_blur", "anomaly_maps",
+           "image_scores", "knn_patch_scores", "fit_pca", "project", "METRICS", "scores_of",
+           "score_batches", "evaluate"]
 
 
 def concat_taps(maps: Sequence[Tensor]) -> Tensor:
@@ -100,168 +97,6 @@ def select_dims(n_features: int, n_dims: int, seed: int) -> Tensor:
     return torch.randperm(n_features, generator=generator)[:n_dims].sort().values
 
 
-class PaDiM(nn.Module):
-    """One multivariate Gaussian per patch position; scores are Mahalanobis distances.
-
-    ``n_features``: channels ``F`` of the stacked embeddings; ``n_dims``: channels ``C`` kept
-    by random selection (``None`` keeps all); ``seed``: seed of that selection; ``eps``: the
-    ``eps * I`` added to every covariance.
-
-    Everything needed to score is a buffer, so ``state_dict()`` / ``load_state_dict()``
-    round-trip a fitted model exactly: ``seed``, ``index`` ``(C,)`` (kept channels),
-    ``eps``, ``grid`` ``(2,)`` (``H, W``), ``mean`` ``(P, C)`` and ``whitening`` ``(P, C, C)``:
-    ``W = L^{-1}``, the inverse of the Cholesky factor ``L L^T = Sigma + eps I`` (``P = H W``),
-    lower-triangular, so that ``(Sigma + eps I)^{-1} = W^T W`` and the Mahalanobis distance is
-    ``||W (x - mu)||``. Storing ``W`` instead of ``L`` does the triangular solves once, at
-    fitting time, and leaves one batched matrix product per test batch.
-    """
-
-    def __init__(self, n_features: int, n_dims: int | None = None, seed: int = 1024,
-                 eps: float = 0.01) -> None:
-        super().__init__()
-        if n_features < 1:
-            raise ValueError(f"n_features must be >= 1, got {n_features}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.n_features = n_features
-        index = torch.arange(n_features) if n_dims is None else select_dims(n_features, n_dims, seed)
-        self.register_buffer("seed", torch.tensor(int(seed)))
-        self.register_buffer("index", index)
-        self.register_buffer("eps", torch.tensor(float(eps), dtype=torch.float64))
-        self.register_buffer("grid", torch.zeros(2, dtype=torch.long))
-        self.register_buffer("mean", torch.empty(0))
-        self.register_buffer("whitening", torch.empty(0))
-
-    @property
-    def n_dims(self) -> int:
-        return self.index.numel()
-
-    @property
-    def fitted(self) -> bool:
-        return self.whitening.numel() > 0
-
-    def extra_repr(self) -> str:
-        h, w = self.grid.tolist()
-        state = f"fitted on a {h}x{w} grid" if self.fitted else "not fitted"
-        return (f"n_features={self.n_features}, n_dims={self.n_dims}, seed={int(self.seed)}, "
-                f"eps={float(self.eps)}, {state}")
-
-    def _check_embeddings(self, embeddings: Tensor) -> None:
-        if not isinstance(embeddings, Tensor) or embeddings.ndim != 4:
-            raise ValueError("embeddings must be a (B, F, H, W) tensor, got "
-                             f"{tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__}")
-        if embeddings.shape[1] != self.n_features:
-            raise ValueError(f"embeddings have {embeddings.shape[1]} channels, the model expects {self.n_features}")
-
-    def _chunks(self, embeddings: Tensor, dtype: torch.dtype,
-                device: torch.device | None = None) -> Iterator[tuple[slice, Tensor]]:
-        """Kept channels of consecutive ranges of positions, each a contiguous ``(p, B, C)`` tensor.
-
-        ``(B, C, P) -> (P, B, C)`` is a transpose; done a few megabytes at a time, each piece is
-        still in the CPU cache when the matrix products use it.
-        """
-        b, _, h, w = embeddings.shape
-        flat = embeddings.reshape(b, self.n_features, h * w)
-        index = self.index.to(flat.device)
-        budget = CHUNK_VALUES_CPU if flat.device.type == "cpu" else CHUNK_VALUES_GPU
-        step = max(1, budget // (b * self.n_dims))
-        for start in range(0, h * w, step):
-            part = slice(start, min(start + step, h * w))
-            piece = flat[:, :, part]
-            if self.n_dims < self.n_features:
-                piece = piece.index_select(1, index)
-            moved = piece.reshape(b * self.n_dims, -1).t().to(device or flat.device).contiguous()
-            yield part, moved.to(dtype).view(-1, b, self.n_dims)
-
-    @torch.no_grad()
-    def fit(self, embeddings: Tensor | Iterable[Tensor], dtype: torch.dtype = torch.float64,
-            store_dtype: torch.dtype = torch.float32) -> "PaDiM":
-        """Estimate each position's mean and covariance from normal training embeddings.
-
-        ``embeddings``: one ``(N, F, H, W)`` tensor or an iterable of such batches (e.g.
-        :func:`embed`), consumed once; memory is ``O(P C^2)`` whatever the number of images.
-        Sums are accumulated in ``dtype`` around the first batch's mean (which keeps the
-        one-pass covariance accurate); the covariance is the unbiased one (``N - 1``, like
-        ``np.cov``) plus ``eps I``; its Cholesky factor ``L`` and ``W = L^{-1}`` (triangular
-        solves against the identity) are computed in ``dtype`` too. Mean and ``W`` are stored
-        in ``store_dtype`` on the embeddings' device. Returns ``self``.
-        """
-        batches = [embeddings] if isinstance(embeddings, Tensor) else embeddings
-        count, grid, shift, total, outer = 0, None, None, None, None
-        for batch in batches:
-            self._check_embeddings(batch)
-            if grid is None:
-                grid = tuple(batch.shape[2:])
-                positions = grid[0] * grid[1]
-                shift = batch.new_zeros(positions, 1, self.n_dims, dtype=dtype)
-                total = torch.zeros_like(shift)
-                outer = batch.new_zeros(positions, self.n_dims, self.n_dims, dtype=dtype)
-            elif tuple(batch.shape[2:]) != grid:
-                raise ValueError(f"training batches disagree on the grid: {grid} then {tuple(batch.shape[2:])}")
-            for part, x in self._chunks(batch, dtype):
-                if count == 0:
-                    shift[part] = x.mean(dim=1, keepdim=True)
-                x -= shift[part]
-                total[part] += x.sum(dim=1, keepdim=True)
-                outer[part].baddbmm_(x.transpose(1, 2), x)
-            count += batch.shape[0]
-        if count < 2:
-            raise ValueError(f"fitting needs at least 2 training images, got {count}")
-        offset = total / count
-        covariance = outer.baddbmm_(offset.transpose(1, 2), offset, alpha=-count).div_(count - 1)
-        covariance.diagonal(dim1=1, dim2=2).add_(float(self.eps))
-        self.mean = (shift + offset).squeeze(1).to(store_dtype)
-        self.whitening = torch.empty(covariance.shape, dtype=store_dtype, device=covariance.device)
-        identity = torch.eye(self.n_dims, dtype=dtype, device=covariance.device)
-        chunk = max(1, 2**23 // self.n_dims**2)  # positions per step: ~64 MB of float64 temporaries
-        for start in range(0, covariance.shape[0], chunk):
-            cholesky = torch.linalg.cholesky(covariance[start:start + chunk])
-            self.whitening[start:start + chunk] = torch.linalg.solve_triangular(
-                cholesky, identity.expand_as(cholesky), upper=False)
-        self.grid = torch.tensor(grid, dtype=torch.long, device=self.mean.device)
-        return self
-
-    @property
-    def precision(self) -> Tensor:
-        """``(Sigma + eps I)^{-1} = W^T W`` per position, ``(P, C, C)``."""
-        self._check_fitted()
-        return self.whitening.transpose(1, 2) @ self.whitening
-
-    def _check_fitted(self) -> None:
-        if not self.fitted:
-            raise RuntimeError("PaDiM is not fitted: call fit() or load_state_dict() first")
-
-    @torch.no_grad()
-    def forward(self, embeddings: Tensor) -> Tensor:
-        """Mahalanobis distance of every test patch to its position's Gaussian, ``(B, H, W)``.
-
-        ``d = ||W x - W mu||``: batched matrix products over positions and images (with the
-        subtraction fused into them), in the stored dtype, on the model's device (the
-        embeddings are moved there).
-        """
-        self._check_fitted()
-        self._check_embeddings(embeddings)
-        b, _, h, w = embeddings.shape
-        if [h, w] != self.grid.tolist():
-            raise ValueError(f"embeddings are on a {h}x{w} grid, the model was fitted on "
-                             f"{'x'.join(map(str, self.grid.tolist()))}")
-        out = self.whitening.new_empty(h * w, b)
-        for part, x in self._chunks(embeddings, self.whitening.dtype, self.whitening.device):
-            w_t = self.whitening[part].transpose(1, 2)
-            w_mu = torch.bmm(self.mean[part, None, :], w_t)                        # (p, 1, C)
-            z = torch.baddbmm(w_mu, x, w_t, beta=-1)                               # (p, B, C)
-            out[part] = torch.linalg.vector_norm(z, dim=2)
-        return out.T.reshape(b, h, w)
-
-    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # mean and whitening are empty until fitted: take the saved shapes before copying.
-        for name in ("mean", "whitening"):
-            saved = state_dict.get(prefix + name)
-            if saved is not None:
-                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> Tensor:
     """The normalised 1-D Gaussian of ``scipy.ndimage.gaussian_filter``: radius ``int(truncate sigma + 0.5)``."""
     if sigma <= 0:
@@ -304,10 +139,13 @@ def anomaly_maps(distances: Tensor, size: int | tuple[int, int], mode: str = "bi
     Upsampled with ``mode`` (``"bilinear"``, as the reference code, or ``"bicubic"``, as the
     paper; ``align_corners=False``), then smoothed with a Gaussian of std ``sigma`` pixels
     (``None`` skips the smoothing). Bicubic can overshoot, so its maps may dip below zero.
+    Scores already at the image size (e.g. Patch SVDD's spread maps) are not resampled.
     """
     if distances.ndim != 3:
         raise ValueError(f"distances must be (B, h, w), got {tuple(distances.shape)}")
-    maps = upsample_maps(distances[:, None], size, mode)[:, 0]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    same = tuple(distances.shape[1:]) == size
+    maps = distances if same else upsample_maps(distances[:, None], size, mode)[:, 0]
     return maps if sigma is None else gaussian_blur(maps, sigma)
 
 
@@ -319,14 +157,19 @@ def image_scores(maps: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int | None = None) -> Tensor:
+def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int | None = None,
+                     exact: bool = False) -> Tensor:
     """SPADE-like patch scores: mean distance to the ``k`` nearest training patch vectors.
 
     ``train``: ``(N, C, H, W)`` embeddings of normal images, all ``N H W`` patch vectors form
     the memory (any position); ``test``: ``(B, C, H', W')``. Test patches are processed
-    ``chunk`` at a time with ``torch.cdist`` (default: as many as keep the ``chunk x N H W``
-    distance block near 2^24 values).
-    Returns ``(B, H', W')``. Unlike :class:`PaDiM`, time and memory grow with ``N``.
+    ``chunk`` at a time (default: as many as keep the ``chunk x N H W`` distance block near
+    2^24 values). By default the distances are ``torch.cdist``'s, which uses matrix products
+    (``||a||^2 + ||b||^2 - 2 a.b``): in float32 a distance near 0 can be off by ~1e-3.
+    ``exact=True`` uses those products only to shortlist the ``k + 3`` nearest candidates
+    and recomputes their distances directly (``||a - b||``), so the result matches a
+    brute-force search to float rounding.
+    Returns ``(B, H', W')``. Unlike :class:`utils.padim.PaDiM`, time and memory grow with ``N``.
     """
     if train.ndim != 4 or test.ndim != 4:
         raise ValueError(f"train and test must be (N, C, H, W), got {tuple(train.shape)} and {tuple(test.shape)}")
@@ -336,11 +179,21 @@ def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int | None 
     if not 1 <= k <= memory.shape[0]:
         raise ValueError(f"k must be in [1, {memory.shape[0]}], got {k}")
     b, c, h, w = test.shape
-    queries = test.permute(0, 2, 3, 1).reshape(-1, c)
+    queries = test.permute(0, 2, 3, 1).reshape(-1, c).to(memory.dtype)
     chunk = chunk or max(1, 2**24 // memory.shape[0])
-    scores = torch.cat([torch.cdist(q, memory).topk(k, dim=1, largest=False).values.mean(dim=1)
-                        for q in queries.split(chunk)])
-    return scores.reshape(b, h, w)
+    if not exact:
+        scores = torch.cat([torch.cdist(q, memory).topk(k, dim=1, largest=False).values.mean(dim=1)
+                            for q in queries.split(chunk)])
+        return scores.reshape(b, h, w)
+    shortlist = min(k + 3, memory.shape[0])
+    squared = memory.square().sum(dim=1)
+    out = []
+    for q in queries.split(chunk):
+        approx = torch.addmm(squared, q, memory.T, alpha=-2)           # ||m||^2 - 2 q.m, (chunk, M)
+        candidates = approx.topk(shortlist, dim=1, largest=False).indices
+        exact_d = (q[:, None, :] - memory[candidates]).norm(dim=2)     # (chunk, shortlist)
+        out.append(exact_d.topk(k, dim=1, largest=False).values.mean(dim=1))
+    return torch.cat(out).reshape(b, h, w)
 
 
 @torch.no_grad()
@@ -376,3 +229,50 @@ def project(embeddings: Tensor, mean: Tensor, components: Tensor) -> Tensor:
         raise ValueError(f"embeddings {tuple(embeddings.shape)} do not match components {tuple(components.shape)}")
     centred = embeddings - mean.to(embeddings)[None, :, None, None]
     return torch.einsum("bfhw,fd->bdhw", centred, components.to(embeddings))
+
+
+# --- One evaluation for every patch scorer -----------------------------------------------------
+
+#: The three numbers :func:`scores_of` and :func:`evaluate` return, in this order.
+METRICS = ("image AUROC", "pixel AUROC", "PRO")
+
+
+def scores_of(maps: Tensor, masks: Tensor, labels: Tensor) -> dict[str, float]:
+    """Image AUROC (image score = map maximum), pixel AUROC and PRO (FPR <= 0.3) of one test set.
+
+    ``maps``: ``(B, H, W)`` anomaly maps at the masks' size; ``masks``: ``(B, H, W)`` booleans;
+    ``labels``: ``(B,)`` 1 = defective.
+    """
+    return {"image AUROC": metrics.image_auroc(image_scores(maps), labels),
+            "pixel AUROC": metrics.pixel_auroc(maps, masks), "PRO": metrics.pro_score(maps, masks)}
+
+
+@torch.no_grad()
+def score_batches(scorer: Callable[[Tensor], Tensor], images: Tensor, batch_size: int = 16) -> Tensor:
+    """Run ``scorer`` (image batch ``(b, 3, S, S)`` -> patch scores ``(b, h, w)``) over ``images``
+    ``batch_size`` at a time; returns all scores ``(N, h, w)`` on the CPU."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return torch.cat([scorer(x).cpu() for x in images.split(batch_size)])
+
+
+def evaluate(scores: Tensor | Callable[[Tensor], Tensor], masks: Tensor, labels: Tensor,
+             images: Tensor | None = None, sigma: float | None = 4.0, mode: str = "bilinear",
+             batch_size: int = 16) -> dict[str, float]:
+    """Evaluate any patch scorer on one test set: maps at image size, smoothing, the metrics.
+
+    ``scores``: patch scores ``(B, h, w)`` (higher = more anomalous; any grid, or already at
+    the image size), or a scorer function of an image batch, then applied to ``images``
+    ``batch_size`` at a time (:func:`score_batches`). The scores are brought to the masks'
+    size with :func:`anomaly_maps` (``mode``, then a Gaussian of std ``sigma`` pixels; ``None``
+    does not smooth) and measured with :func:`scores_of`. ``masks``: ``(B, H, W)`` booleans;
+    ``labels``: ``(B,)``. Returns ``{"image AUROC", "pixel AUROC", "PRO"}``.
+    """
+    if callable(scores) and not isinstance(scores, Tensor):
+        if images is None:
+            raise ValueError("a scorer function needs the test images")
+        scores = score_batches(scores, images, batch_size)
+    if masks.ndim != 3 or len(masks) != len(scores):
+        raise ValueError(f"masks must be (B, H, W) with one mask per score map, got {tuple(masks.shape)} "
+                         f"for {len(scores)} maps")
+    return scores_of(anomaly_maps(scores, tuple(masks.shape[1:]), mode, sigma), masks, labels)

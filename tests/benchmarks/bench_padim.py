@@ -37,7 +37,7 @@ from scipy.spatial.distance import mahalanobis
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from utils.anomaly import PaDiM  # noqa: E402
+from utils.padim import PaDiM  # noqa: E402
 
 FIT_GOAL = 1.0     # packaged fit at least as fast as np.cov + np.linalg.inv per position
 SCORE_GOAL = 10.0  # packaged scoring at least 10x faster than inv + scipy mahalanobis
