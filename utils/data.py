@@ -77,6 +77,12 @@ for _stem, (_sha, _size) in _MNIST_FILES.items():
         f"mnist-{_stem.split('-idx')[0]}", f"https://storage.googleapis.com/cvdf-datasets/mnist/{_stem}.gz",
         _sha, _size, "CC BY-SA 3.0 (Yann LeCun and Corinna Cortes)", f"{_stem}.gz",
         f"MNIST {_stem} (gzip, IDX format)"))
+# Grad-CAM's Figure 1 picture (a boxer and a tiger cat, 224 x 224 RGB) as shipped with pytorch-grad-cam.
+register(RemoteFile(
+    "gradcam-both", "https://raw.githubusercontent.com/jacobgil/pytorch-grad-cam/master/examples/both.png",
+    "8d30785a513e22a2f574c839c7e1751db943d0b5399347e7bb37736f6c5a95c2", 90226,
+    "MIT (pytorch-grad-cam, Jacob Gildenblat)", "images/both.png",
+    "The dog-and-cat photo of Grad-CAM's Figure 1, 224 x 224 RGB"))
 
 
 # --- Shared helpers ---------------------------------------------------------------------------

