@@ -100,3 +100,17 @@ def test_gradients_under_no_grad_is_a_clear_error():
         with torch.no_grad(), hooks.record(net, ["2"], gradients=True):
             net(torch.randn(1, 3, 4, 4))
     assert hooks.count_hooks(net) == 0
+
+
+def test_a_module_called_twice_keeps_the_last_call_and_its_gradient():
+    """Like Lite0's model-level ReLU6, used after the stem and again after the head."""
+    torch.manual_seed(0)
+    act, conv = nn.ReLU6(), nn.Conv2d(2, 3, 3, stride=2, padding=1)
+    x = torch.randn(1, 2, 8, 8, requires_grad=True)
+    with hooks.record(act, [""], gradients=True) as rec:
+        first = act(x * 4)
+        second = act(conv(first))
+        second.retain_grad()
+        (second * 2).sum().backward()
+    assert rec.activations[""].shape == second.shape == rec.gradients[""].shape == (1, 3, 4, 4)
+    torch.testing.assert_close(rec.gradients[""], second.grad)

@@ -52,7 +52,8 @@ def record(model: nn.Module, names: Sequence[str], gradients: bool = False,
     stores the gradient of the backward pass's loss with respect to it (the value before any
     later in-place change). Full module backward hooks are not used: they wrap outputs in a
     view that in-place operations downstream are not allowed to modify. A module called
-    several times in one forward pass keeps its last call. Every hook is removed on exit, also
+    several times in one forward pass (a shared activation module) keeps its last call, and
+    the gradient with respect to that call's output. Every hook is removed on exit, also
     when the block raises.
 
     Raises ``TypeError`` when a hooked module returns something other than one tensor (a
@@ -65,12 +66,14 @@ def record(model: nn.Module, names: Sequence[str], gradients: bool = False,
     targets = {name: find_module(model, name) for name in names}
     rec = Recording()
     handles = []
+    calls = dict.fromkeys(targets, 0)
     try:
         for name, module in targets.items():
             def save_output(_module, _inputs, output, name=name):
                 if not isinstance(output, torch.Tensor):
                     raise TypeError(f"module {name!r} returned a {type(output).__name__}, not one tensor; "
                                     "record a sub-module whose output is a tensor")
+                calls[name] += 1
                 rec.activations[name] = output.detach().clone() if detach else output
                 if gradients:
                     if not output.requires_grad:
@@ -78,8 +81,9 @@ def record(model: nn.Module, names: Sequence[str], gradients: bool = False,
                                            "run the forward pass outside torch.no_grad(), with trainable "
                                            "parameters before the module or an input with requires_grad=True")
 
-                    def save_grad(grad: torch.Tensor, name: str = name) -> None:
-                        rec.gradients[name] = grad.detach()
+                    def save_grad(grad: torch.Tensor, name: str = name, call: int = calls[name]) -> None:
+                        if call == calls[name]:  # the gradient of the recorded (last) call only
+                            rec.gradients[name] = grad.detach()
 
                     handles.append(output.register_hook(save_grad))
 
