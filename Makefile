@@ -2,11 +2,16 @@
 #   make book   set up .venv, execute the notebooks whose source or parameters changed, build _build/html
 #   make test   set up .venv, then everything CI checks
 # Both create or reuse the virtual environment from requirements.txt on their own.
+# Helpers: make smoke (full profile cut to a handful of images, CPU), make gpu-check (needs CUDA;
+# `make gpu-check BIN=/path/to/env/bin` runs in an existing environment instead of .venv),
+# make book PROFILE=full (writes _build/full/ and results/*.full.json, never the committed notebooks).
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3
 VENV ?= .venv
-BIN := $(VENV)/bin
+BIN ?= $(VENV)/bin
+# Building .venv is skipped when BIN points at another environment.
+ENV_TARGET := $(if $(filter $(VENV)/bin,$(BIN)),env,)
 PROFILE ?= tiny
 TIMED := .ci/timed
 ENV_STAMP := $(VENV)/.requirements.sha256
@@ -14,14 +19,14 @@ REQ_SHA := $(shell sha256sum requirements.txt | cut -c1-64)
 JB_FLAGS := -W -n --keep-going
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: book test env notebooks scoreboard html unit realdata nbval html-check benchmark clean
+.PHONY: book test env notebooks scoreboard html unit realdata nbval smoke gpu-check html-check benchmark clean
 
 book: env
 	@$(TIMED) "execute changed notebooks (PROFILE=$(PROFILE))" $(BIN)/python -m tools.run_notebooks --profile $(PROFILE)
 	@$(MAKE) --no-print-directory html
 
 test: env
-	@$(MAKE) --no-print-directory --keep-going unit realdata nbval html
+	@$(MAKE) --no-print-directory --keep-going unit realdata nbval smoke html
 
 env:
 	@if [ "$$(cat $(ENV_STAMP) 2>/dev/null)" != "$(REQ_SHA)" ]; then \
@@ -42,12 +47,20 @@ realdata:
 nbval:
 	@$(TIMED) "notebooks (nbval)" env -u CVBOOK_DATA CVBOOK_PROGRESS=0 $(BIN)/pytest $(NBVAL_FLAGS) -q notebooks
 
+# Every chapter's full profile on generated stand-ins and random stand-in weights (tools/smoke.py).
+smoke: $(ENV_TARGET)
+	@$(TIMED) "smoke run of the full profile (CPU)" $(BIN)/python -m tools.smoke
+
+# Tiny profile on CUDA vs the committed CPU numbers, nbval (lax), smoke run on CUDA (tools/gpu_check.py).
+gpu-check: $(ENV_TARGET)
+	@$(TIMED) "GPU check" $(BIN)/python -m tools.gpu_check
+
 scoreboard:
 	@$(BIN)/python -m tools.scoreboard
 
 # Book build with execution off (notebooks are committed executed).
 html: scoreboard
-	@rm -rf _build
+	@rm -rf _build/html _build/jupyter_execute _build/.doctrees
 	@$(TIMED) "book build (jupyter-book 1, warnings as errors)" $(BIN)/jupyter-book build . $(JB_FLAGS)
 	@test -f _build/html/index.html || { echo "ERROR: _build/html/index.html missing (is jupyter-book < 2 installed?)"; exit 1; }
 	@echo "book: _build/html/index.html"

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import nbformat
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -74,7 +76,8 @@ def write_stand_in_data(target: Path, seed: int = 0) -> Path:
 
 def write_stand_in_weights(torch_home: Path) -> list[str]:
     """Random-init state dicts for every torchvision model the book uses, saved in
-    ``torch_home/hub/checkpoints`` under torchvision's file names; returns the file names."""
+    ``torch_home/hub/checkpoints`` under torchvision's file names (one file per model, linked
+    under the name of each of its weight versions); returns the file names."""
     import torch
     import torchvision
 
@@ -84,19 +87,23 @@ def write_stand_in_weights(torch_home: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, enum_name in TORCHVISION_MODELS.items():
-        enum = getattr(torchvision.models, enum_name)
-        weights = enum.DEFAULT
-        num_classes = len(weights.meta["categories"])
+        versions = list(getattr(torchvision.models, enum_name))
+        num_classes = len(versions[0].meta["categories"])
         model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
-        filename = os.path.basename(weights.url)
-        torch.save(model.state_dict(), folder / filename)
-        written.append(filename)
+        first = folder / os.path.basename(versions[0].url)
+        torch.save(model.state_dict(), first)
+        written.append(first.name)
+        for weights in versions[1:]:
+            other = folder / os.path.basename(weights.url)
+            if not other.exists():
+                other.symlink_to(first.name)
+                written.append(other.name)
     return written
 
 
 def smoke_one(path: Path, output: Path, data_dir: Path, env: dict[str, str | None], device: str) -> str | None:
     """Run one notebook in the smoke setting; return None on success, else a one-line reason
-    naming the cell."""
+    naming the cell (its 0-based index in the committed notebook, Markdown cells included)."""
     from papermill.exceptions import PapermillExecutionError
 
     parameters = {"PROFILE": "full", "SMOKE": True, "DATA_DIR": str(data_dir), "DEVICE": device}
@@ -104,7 +111,9 @@ def smoke_one(path: Path, output: Path, data_dir: Path, env: dict[str, str | Non
         papermill_run(path, output / path.name, parameters, NOTEBOOKS, env)
     except PapermillExecutionError as err:
         first_line = (err.source or "").strip().splitlines()[:1]
-        return (f"cell {err.cell_index} (execution count {err.exec_count}"
+        sources = [c.source for c in nbformat.read(path, as_version=4).cells]
+        index = sources.index(err.source) if err.source in sources else err.cell_index
+        return (f"cell {index} (execution count {err.exec_count}"
                 f"{': ' + first_line[0][:60] if first_line else ''}) raised {err.ename}: {err.evalue}")
     return None
 
