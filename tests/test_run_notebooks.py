@@ -67,7 +67,8 @@ def test_failed_tiny_run_leaves_the_committed_notebook_untouched(tmp_path):
     with pytest.raises(PapermillExecutionError, match="broken on purpose"):
         run_notebooks.execute(path, "tiny")
     assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["01_x.ipynb"], "temporary files must be cleaned up"
+    assert [p.name for p in tmp_path.iterdir()] == ["01_x.ipynb"]
+    assert not list(run_notebooks.RUNS.glob("01_x.*")), "temporary files must be cleaned up"
 
 
 def test_tiny_run_injects_tiny_even_after_a_full_run_left_its_cell(tmp_path):

@@ -31,6 +31,7 @@ from utils.config import DATA_ENV, PROGRESS_ENV, get_profile  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 FULL_OUTPUT = ROOT / "_build" / "full"
+RUNS = ROOT / "_build" / "runs"  # tiny runs are written here first, then moved over the notebook
 SKIP_TAGS = {"injected-parameters"}
 
 
@@ -80,7 +81,7 @@ def strip_injected(nb: nbformat.NotebookNode) -> None:
 def execute(path: Path, profile: str, output_dir: Path = FULL_OUTPUT) -> tuple[Path, float]:
     """Execute ``path`` with ``profile``; return where the executed notebook is and the seconds.
 
-    ``tiny``: into a temporary file beside it, which replaces ``path`` only on success (a
+    ``tiny``: into a temporary file under ``_build/runs``, which replaces ``path`` only on success (a
     failed run leaves the committed notebook as it was); the data directory is ignored so
     that committed outputs never depend on it. ``full``: into ``output_dir/<name>``.
     """
@@ -90,7 +91,8 @@ def execute(path: Path, profile: str, output_dir: Path = FULL_OUTPUT) -> tuple[P
         output_dir.mkdir(parents=True, exist_ok=True)
         target = output_dir / path.name
         return target, papermill_run(path, target, parameters, path.parent)
-    fd, tmp = tempfile.mkstemp(suffix=".ipynb", prefix=f".{path.stem}.", dir=path.parent)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".ipynb", prefix=f"{path.stem}.", dir=RUNS)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
