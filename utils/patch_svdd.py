@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .anomaly import knn_patch_scores
 
-__all__ = ["D", "N_PARAMETERS", "DIRECTIONS", "Encoder32", "Encoder64", "PositionClassifier",
+__all__ = ["D", "N_PARAMETERS", "DIRECTIONS", "init_convs", "Encoder32", "Encoder64", "PositionClassifier",
            "sample_position_pairs", "sample_svdd_pairs", "crop_patches", "perturb", "ssl_loss",
            "svdd_loss", "History", "train", "patch_codes", "dense_codes", "grid_size", "spread",
            "anomaly_maps", "MAP_NAMES"]
@@ -48,6 +48,21 @@ MAP_NAMES = ("64", "32", "sum", "product")
 _CHANNELS = (3, 32, 64, 128, 128, 64, 32, 32, D)
 
 
+def init_convs(module: nn.Module, init: str) -> None:
+    """Initialise every convolution of ``module``: ``"he"`` draws weights from He et al.'s normal
+    distribution for LeakyReLU(0.1) (variance ``2 / ((1 + 0.1^2) fan_in)``) and zeroes the biases,
+    which keeps the activations' scale through the eight layers; ``"pytorch"`` keeps PyTorch's
+    default, under which a random encoder gives nearly the same code to every patch."""
+    if init not in ("he", "pytorch"):
+        raise ValueError(f"init must be 'he' or 'pytorch', got {init!r}")
+    if init == "pytorch":
+        return
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            nn.init.kaiming_normal_(conv.weight, a=0.1, nonlinearity="leaky_relu")
+            nn.init.zeros_(conv.bias)
+
+
 class Encoder32(nn.Module):
     """Patch encoder with a 32 x 32 receptive field: ``(B, 3, H, W) -> (B, 64, h, w)``.
 
@@ -55,18 +70,19 @@ class Encoder32(nn.Module):
     first only, LeakyReLU(0.1) after the first seven and tanh after the last. On a 32 x 32
     patch the output is ``1 x 1`` (the code). On a larger image it is fully convolutional:
     output ``(i, j)`` is the code of the patch whose top-left corner is ``(2i, 2j)``, so
-    ``h = floor((H - 31) / 2)`` for ``H >= 32``.
+    ``h = floor((H - 31) / 2)`` for ``H >= 32``. ``init``: see :func:`init_convs`.
     """
 
     K = 32
 
-    def __init__(self) -> None:
+    def __init__(self, init: str = "he") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(_CHANNELS[:-1], _CHANNELS[1:])):
             layers.append(nn.Conv2d(c_in, c_out, 3, stride=2 if i == 0 else 1))
             layers.append(nn.LeakyReLU(0.1) if i < len(_CHANNELS) - 2 else nn.Tanh())
         self.net = nn.Sequential(*layers)
+        init_convs(self, init)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < self.K:
@@ -79,15 +95,17 @@ class Encoder64(nn.Module):
 
     The K=32 encoder (``self.enc``, shared with the K=32 level) codes the four 32 x 32
     quadrants; the codes, tiled as a ``(B, 64, 2, 2)`` map, go through a 2x2 convolution
-    (64 -> 128), LeakyReLU(0.1), a 1x1 convolution (128 -> 64) and tanh.
+    (64 -> 128), LeakyReLU(0.1), a 1x1 convolution (128 -> 64) and tanh. ``init``: see
+    :func:`init_convs`.
     """
 
     K = 64
 
-    def __init__(self) -> None:
+    def __init__(self, init: str = "he") -> None:
         super().__init__()
-        self.enc = Encoder32()
+        self.enc = Encoder32(init)
         self.head = nn.Sequential(nn.Conv2d(D, 128, 2), nn.LeakyReLU(0.1), nn.Conv2d(128, D, 1), nn.Tanh())
+        init_convs(self.head, init)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1:] != (3, self.K, self.K):
