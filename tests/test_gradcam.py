@@ -144,3 +144,31 @@ def test_parity_with_pytorch_grad_cam():
         theirs = library(input_tensor=x, targets=[ClassifierOutputTarget(2), ClassifierOutputTarget(3)])
     np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5)
     assert hooks.count_hooks(net) == 0
+
+
+@pytest.mark.realdata
+def test_real_both_png_cat_map_peaks_on_the_cat_half():
+    """Grad-CAM's Figure 1 picture (registry file ``gradcam-both`` in the data directory): with
+    Lite0, the 'tiger cat' map of the last ReLU6 peaks in the lower half, where the cat lies,
+    and has more of its mass there than the 'boxer' map. Nothing is written."""
+    from PIL import Image
+
+    from utils import config, data, registry, saliency  # noqa: F401 (data registers the file)
+
+    base = config.data_dir()
+    entry = registry.lookup("gradcam-both")
+    if base is None or not (base / entry.filename).is_file():
+        pytest.skip(f"no {entry.filename} in the data directory (set CVBOOK_DATA)")
+    path = base / entry.filename
+    assert registry.sha256_of(path) == entry.sha256
+    with Image.open(path) as im:
+        picture = np.asarray(im.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+    net = models.load_lite0()
+    x = models.normalize(saliency.rgb_batch(picture))
+    # Lite0 applies one shared ReLU6 module after the stem and after the head: the record keeps its last call
+    maps, _ = cam.layer_grad_cam(net, x.expand(2, -1, -1, -1), "_swish", [282, 242])
+    assert maps.shape == (2, 224, 224)
+    peak_row = int(maps[0].flatten().argmax()) // 224
+    assert peak_row >= 112, f"'tiger cat' map peaks at row {peak_row}, above the cat"
+    lower = maps[:, 112:].sum(dim=(1, 2)) / maps.sum(dim=(1, 2))
+    assert lower[0] > lower[1]
