@@ -1,0 +1,105 @@
+"""Open every page of the built book in headless Chromium, save screenshots, fail on console errors.
+
+    python -m tools.screenshots [--width 1400] [--html _build/html] [--output _build/screenshots]
+
+Each page of the table of contents is served from ``_build/html`` on 127.0.0.1 and opened at
+the given window width, as a student reading online would; PNGs of its top, middle and end
+are saved as ``<page>-{top,middle,end}.png``. Any JavaScript console error (a missing file, a
+script that does not parse) fails the command. Without Chromium and chromedriver (Debian's
+``chromium`` and ``chromium-driver``) or the ``selenium`` package it says so and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+CHROMEDRIVER = ("/usr/bin/chromedriver",)
+
+
+def book_pages(html: Path) -> list[Path]:
+    """The book's pages: the intro (index), book/*.html and notebooks/*.html."""
+    pages = [html / "index.html"] + sorted((html / "book").glob("*.html")) + sorted((html / "notebooks").glob("*.html"))
+    return [p for p in pages if p.exists()]
+
+
+def find(candidates: tuple[str, ...]) -> str | None:
+    return next((c for c in candidates if Path(c).exists()), None)
+
+
+def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
+    parser.add_argument("--output", type=Path, default=ROOT / "_build" / "screenshots")
+    args = parser.parse_args(argv)
+    chromium, driver_path = find(CHROMIUM), find(CHROMEDRIVER)
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        webdriver = None
+    if not (chromium and driver_path and webdriver):
+        print("screenshots: skipped (needs Debian's chromium and chromium-driver, and selenium)")
+        return 0
+    if not (args.html / "index.html").exists():
+        print(f"screenshots: no built book at {args.html}; run `make html` first", file=sys.stderr)
+        return 2
+    shutil.rmtree(args.output, ignore_errors=True)
+    args.output.mkdir(parents=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--window-size={args.width},{args.height}", "--hide-scrollbars"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    server, port = serve(args.html)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    errors: list[str] = []
+    try:
+        for page in book_pages(args.html):
+            rel = page.relative_to(args.html).as_posix()
+            driver.get(f"http://127.0.0.1:{port}/{rel}")
+            time.sleep(1.0)  # let MathJax typeset and the theme's scripts settle
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            stem = rel.removesuffix(".html").replace("/", "_")
+            for where, y in (("top", 0), ("middle", max(0, height // 2 - args.height // 2)),
+                             ("end", max(0, height - args.height))):
+                driver.execute_script(f"window.scrollTo(0, {y});")
+                time.sleep(0.2)
+                driver.save_screenshot(str(args.output / f"{stem}-{where}.png"))
+            for entry in driver.get_log("browser"):
+                if entry.get("level") == "SEVERE":
+                    errors.append(f"{rel}: {entry.get('message')}")
+            print(f"screenshots: {rel} ({height} px high)")
+    finally:
+        driver.quit()
+        server.shutdown()
+    for error in errors:
+        print(f"CONSOLE ERROR: {error}", file=sys.stderr)
+    print(f"screenshots: {len(book_pages(args.html))} pages in {args.output.relative_to(ROOT)}, "
+          f"{len(errors)} console errors")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
