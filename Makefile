@@ -19,14 +19,14 @@ REQ_SHA := $(shell sha256sum requirements.txt | cut -c1-64)
 JB_FLAGS := -W -n --keep-going
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: book test env notebooks scoreboard html unit realdata nbval smoke gpu-check html-check benchmark clean
+.PHONY: book test env notebooks scoreboard html unit realdata nbval smoke gpu-check html-check screenshots benchmark clean
 
 book: env
 	@$(TIMED) "execute changed notebooks (PROFILE=$(PROFILE))" $(BIN)/python -m tools.run_notebooks --profile $(PROFILE)
 	@$(MAKE) --no-print-directory html
 
 test: env
-	@$(MAKE) --no-print-directory --keep-going unit realdata nbval smoke html
+	@$(MAKE) --no-print-directory --keep-going unit realdata nbval smoke html html-check screenshots
 
 env:
 	@if [ "$$(cat $(ENV_STAMP) 2>/dev/null)" != "$(REQ_SHA)" ]; then \
@@ -38,7 +38,7 @@ env:
 	else echo "=== $(VENV) is up to date with requirements.txt"; fi
 
 unit:
-	@$(TIMED) "unit tests" $(BIN)/pytest -m "not realdata" -q
+	@$(TIMED) "unit tests" $(BIN)/pytest -m "not realdata and not builthtml" -q
 
 realdata:
 	@$(TIMED) "real-data tests (skipped without CVBOOK_DATA)" $(BIN)/pytest -m realdata -q -rs
@@ -64,6 +64,14 @@ html: scoreboard
 	@$(TIMED) "book build (jupyter-book 1, warnings as errors)" $(BIN)/jupyter-book build . $(JB_FLAGS)
 	@test -f _build/html/index.html || { echo "ERROR: _build/html/index.html missing (is jupyter-book < 2 installed?)"; exit 1; }
 	@echo "book: _build/html/index.html"
+
+# What a reader sees in the built book (tests/test_built_html.py): tables, noise, figure sizes, runtimes.
+html-check:
+	@$(TIMED) "checks over the built HTML" $(BIN)/pytest -m builthtml -q -p no:cacheprovider
+
+# Every page in headless Chromium: screenshots in _build/screenshots, fails on console errors.
+screenshots:
+	@$(TIMED) "pages in headless Chromium" $(BIN)/python -m tools.screenshots
 
 benchmark: env
 	@$(TIMED) "benchmarks" $(BIN)/pytest tests/benchmarks -q -p no:cacheprovider --benchmark-only -o python_files='bench_*.py'

@@ -31,7 +31,9 @@ def book_pages(html: Path) -> list[Path]:
 
 
 def find(candidates: tuple[str, ...]) -> str | None:
-    return next((c for c in candidates if Path(c).exists()), None)
+    """The first existing path among ``candidates``, else the first of their names on $PATH."""
+    found = next((c for c in candidates if Path(c).exists()), None)
+    return found or next((shutil.which(Path(c).name) for c in candidates if shutil.which(Path(c).name)), None)
 
 
 def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
