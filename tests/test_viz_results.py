@@ -63,11 +63,31 @@ def test_record_rejects_bad_input():
         results.record("99_test", "x", float("nan"))
 
 
-def test_scoreboard_renders_every_row():
-    results.record("99_test", "auroc", 0.97, paper=0.975, unit="", profile="full")
+def test_scoreboard_renders_every_row_under_a_link_to_its_chapter():
+    results.record("99_test", "auroc", 97.04, paper=97.5, unit="%", profile="full", note="paper: Table 2, mean of 15")
+    results.record("99_test", "params", 4.209088, unit="M", profile="tiny")
     page = scoreboard.render(results.load_all())
-    assert "| 99_test | auroc | 0.975 | 0.97 |  | full | reproduced |" in page
-    assert "no results recorded yet" in scoreboard.render({})
+    assert "## [99_test](../notebooks/99_test.ipynb)" in page
+    assert "| auroc | 97.5 | 97.0 | % | full | reproduced | paper: Table 2, mean of 15 |" in page
+    assert "| params | – | 4.209 | M | tiny | ours only |  |" in page
+    assert "No results recorded yet." in scoreboard.render({})
+
+
+def test_recorded_values_keep_four_significant_digits_whatever_the_thread_count():
+    import torch
+
+    def measured(threads: int) -> float:
+        torch.set_num_threads(threads)
+        x = torch.linspace(0, 1, 100_003, dtype=torch.float32)
+        return float((x * 0.1).sum())  # summation order depends on the thread count
+
+    before = torch.get_num_threads()
+    try:
+        rows = [results.record("99_test", "sum", measured(n)) for n in (1, 2)]
+    finally:
+        torch.set_num_threads(before)
+    assert rows[0]["ours"] == rows[1]["ours"] == results.significant(rows[0]["ours"])
+    assert results.significant(81.25557) == results.significant(81.255569) == 81.26
 
 
 def test_book_style_sets_dpi_and_colormap():

@@ -5,6 +5,7 @@ a test checks that the committed page matches the committed results.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ if str(ROOT) not in sys.path:
 
 from utils.results import load_all  # noqa: E402
 
-PAGE = Path(__file__).resolve().parent.parent / "book" / "scoreboard.md"
+PAGE = ROOT / "book" / "scoreboard.md"
+NOTEBOOKS = ROOT / "notebooks"
 
 HEADER = """# Scoreboard: papers vs ours
 
@@ -28,28 +30,48 @@ the paper's own setting. Status: `reproduced` (within tolerance of the paper), `
 """
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | None, unit: str | None) -> str:
+    """Numbers as the papers print them: percentages with one decimal, others 4 significant digits."""
     if value is None:
         return "–"
-    return f"{value:.4g}"
+    return f"{value:.1f}" if unit == "%" else f"{value:.4g}"
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|")
+def _cell(text: object) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _title(stem: str) -> str:
+    """The chapter's title: the first heading of its notebook, else its stem."""
+    path = NOTEBOOKS / f"{stem}.ipynb"
+    if path.exists():
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "markdown" and source.startswith("# "):
+                return source.splitlines()[0][2:].strip()
+    return stem
 
 
 def render(results: dict[str, list[dict]]) -> str:
-    """The scoreboard page as Markdown: one table, one row per recorded claim."""
-    lines = [HEADER, "| chapter | claim | paper | ours | unit | profile | status |",
-             "|---|---|---|---|---|---|---|"]
+    """The scoreboard page as Markdown: per chapter (a link to it), one table row per claim,
+    with the paper's number, ours, the unit, the profile, the status and where the paper's
+    number comes from (or what ours was measured on)."""
+    lines = [HEADER]
+    chapters: dict[str, list[dict]] = {}
     for stem, rows in results.items():
-        chapter = stem.rsplit(".", 1)[0]
+        chapters.setdefault(stem.rsplit(".", 1)[0], []).extend(rows)
+    for chapter, rows in chapters.items():
+        lines += [f"## [{_cell(_title(chapter))}](../notebooks/{chapter}.ipynb)", "",
+                  "| claim | paper | ours | unit | profile | status | source and setting |",
+                  "|---|---|---|---|---|---|---|"]
         for row in rows:
-            lines.append(f"| {chapter} | {_cell(row['claim'])} | {_fmt(row['paper'])} | {_fmt(row['ours'])} | "
-                         f"{row.get('unit') or ''} | {row['profile']} | {row['status']} |")
-    if not any(results.values()):
-        lines.append("| – | no results recorded yet | | | | | |")
-    return "\n".join(lines) + "\n"
+            unit = row.get("unit") or ""
+            lines.append(f"| {_cell(row['claim'])} | {_fmt(row['paper'], unit)} | {_fmt(row['ours'], unit)} | "
+                         f"{_cell(unit)} | {row['profile']} | {row['status']} | {_cell(row.get('note') or '')} |")
+        lines.append("")
+    if not chapters:
+        lines.append("No results recorded yet.")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main() -> int:

@@ -1,6 +1,10 @@
 """Measured numbers beside the papers' numbers; the book's scoreboard page is built from them.
 
-Every chapter calls :func:`record` for each claim it checks. Rows land in
+Every chapter calls :func:`record` for each claim it checks. Measured values are stored to
+:data:`SIGNIFICANT_DIGITS` significant digits: enough for every comparison the book makes, and
+few enough that re-running a notebook on another machine (other thread counts, other BLAS) leaves
+the tracked results files unchanged. AUROC, accuracy and mAP are recorded in percent, as the papers
+print them. Rows land in
 ``results/<chapter>.<profile>.json`` (re-recording a claim replaces its row), and
 ``python -m tools.scoreboard`` turns all files into ``book/scoreboard.md``.
 """
@@ -14,6 +18,12 @@ from pathlib import Path
 from .config import Run, get_profile
 
 RESULTS_ENV = "CVBOOK_RESULTS"
+SIGNIFICANT_DIGITS = 4
+
+
+def significant(value: float, digits: int = SIGNIFICANT_DIGITS) -> float:
+    """``value`` rounded to ``digits`` significant digits (0 stays 0)."""
+    return float(f"{value:.{digits}g}")
 
 
 def results_dir() -> Path:
@@ -53,7 +63,7 @@ def record(chapter: str, claim: str, ours: float, paper: float | None = None, un
     ours = float(ours)
     if not math.isfinite(ours):
         raise ValueError(f"{chapter}/{claim}: measured value must be finite, got {ours}")
-    row = {"claim": claim, "ours": round(ours, 6), "paper": None if paper is None else float(paper),
+    row = {"claim": claim, "ours": significant(ours), "paper": None if paper is None else float(paper),
            "unit": unit, "profile": profile, "note": note,
            "status": status_of(ours, paper, profile, tolerance)}
     if run is not None and run.smoke:
