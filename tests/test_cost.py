@@ -179,3 +179,31 @@ def test_bad_inputs():
         cost.conv_output_size(2, 5)
     with pytest.raises(ValueError, match="positive"):
         cost.standard_conv_madds(3, 0, 4, 4)
+
+
+def test_peak_memory_of_a_layer_is_its_output_and_intermediates():
+    x = torch.randn(1, 16, 12, 12)
+    std = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+    sep = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.Conv2d(16, 16, 1, bias=False))
+    with torch.no_grad():
+        assert cost.peak_memory(lambda: std(x)) == x.numel() * 4  # the output only
+        assert cost.peak_memory(lambda: sep(x)) == 2 * x.numel() * 4  # + the depthwise output
+
+
+def test_latency_restores_threads_and_checks_arguments():
+    before = torch.get_num_threads()
+    seconds = cost.latency(lambda: torch.ones(8) * 2, repeats=3, warmup=1, threads=1)
+    assert seconds >= 0 and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="repeats"):
+        cost.latency(lambda: None, repeats=0)
+
+
+def test_custom_blocks_build_a_smaller_network_of_the_same_kind():
+    blocks = ((1, 64), (2, 128))
+    spec = cost.mobilenet_v1_spec(0.5, 28, blocks=blocks, num_classes=10)
+    assert [s.kind for s in spec] == ["conv", "dw", "pw", "dw", "pw", "fc"]
+    assert [s.size_out for s in spec[:-1]] == [14, 14, 14, 7, 7]
+    model = cost.mobilenet_v1(0.5, 28, num_classes=10, in_channels=1, blocks=blocks).eval()
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="shallow"):
+        cost.mobilenet_v1_spec(variant="shallow", blocks=blocks)

@@ -14,16 +14,20 @@ multiply-add with the same rules, which the tests check.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 __all__ = ["conv_output_size", "standard_conv_madds", "depthwise_madds", "pointwise_madds",
-           "separable_ratio", "conv2d_madds", "conv2d_weights", "LayerSpec", "mobilenet_v1_spec",
+           "separable_ratio", "conv2d_madds", "conv2d_weights", "LayerSpec", "TABLE1_BLOCKS", "mobilenet_v1_spec",
            "analytic_cost", "MobileNetV1", "mobilenet_v1", "LayerCost", "CostReport",
-           "UnsupportedLayerError", "count", "FREE_MODULES"]
+           "UnsupportedLayerError", "count", "FREE_MODULES", "latency", "peak_memory"]
 
 
 # --- The paper's formulas ------------------------------------------------------------------
@@ -118,25 +122,30 @@ class LayerSpec:
 
 
 #: Table 1 after the first convolution: (depthwise stride, output channels of the pointwise
-#: layer). The paper prints "dw/s2" for the second-to-last pair, but its 7x7 input stays 7x7,
+#: layer), one pair per row. The paper prints "dw/s2" for the second-to-last pair, but its 7x7 input stays 7x7,
 #: so it acts as stride 1 here (the only reading consistent with the table's sizes).
-_SEPARABLE = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512),
+TABLE1_BLOCKS = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512),
               (1, 512), (1, 512), (1, 512), (1, 512), (1, 512), (2, 1024), (1, 1024))
 _SHALLOW_DROPPED = range(6, 11)  # the five 14x14x512 pairs removed for Table 5
 
 
 def mobilenet_v1_spec(alpha: float = 1.0, resolution: int = 224, variant: str = "separable",
-                      num_classes: int = 1000) -> list[LayerSpec]:
+                      num_classes: int = 1000, blocks: Sequence[tuple[int, int]] = TABLE1_BLOCKS,
+                      ) -> list[LayerSpec]:
     """Layer list of MobileNet V1 (Table 1) with width multiplier ``alpha`` (channels
     ``int(alpha * c)``) and input ``resolution``.
 
     ``variant``: ``"separable"`` (the MobileNet), ``"conv"`` (Table 4's Conv MobileNet: each
     dw + pw pair replaced by one standard 3x3 convolution with the dw's stride) or
-    ``"shallow"`` (Table 5: the five 14x14x512 pairs removed). Convolutions use padding 1,
+    ``"shallow"`` (Table 5: the five 14x14x512 pairs removed). ``blocks`` replaces Table 1's
+    ``(stride, channels)`` pairs to build a smaller network of the same kind (not with
+    ``"shallow"``, which is defined on Table 1's pairs). Convolutions use padding 1,
     so a stride-2 layer maps ``s`` to ``ceil(s / 2)`` like TensorFlow's SAME padding.
     """
     if variant not in ("separable", "conv", "shallow"):
         raise ValueError(f"variant must be 'separable', 'conv' or 'shallow', got {variant!r}")
+    if variant == "shallow" and tuple(blocks) != TABLE1_BLOCKS:
+        raise ValueError("the shallow variant is defined on Table 1's blocks only")
     if not 0 < alpha <= 1:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     _positive(resolution=resolution, num_classes=num_classes)
@@ -150,7 +159,7 @@ def mobilenet_v1_spec(alpha: float = 1.0, resolution: int = 224, variant: str = 
     size = conv_output_size(resolution, 3, 2, 1)
     layers = [LayerSpec("conv", 3, 2, 3, width(32), resolution, size)]
     c = width(32)
-    for i, (stride, c_out) in enumerate(_SEPARABLE):
+    for i, (stride, c_out) in enumerate(blocks):
         if variant == "shallow" and i in _SHALLOW_DROPPED:
             continue
         out = conv_output_size(size, 3, stride, 1)
@@ -197,10 +206,11 @@ class MobileNetV1(nn.Module):
 
 
 def mobilenet_v1(alpha: float = 1.0, resolution: int = 224, variant: str = "separable",
-                 num_classes: int = 1000, in_channels: int = 3) -> MobileNetV1:
-    """:class:`MobileNetV1` for ``alpha``, ``resolution`` and ``variant`` (see
+                 num_classes: int = 1000, in_channels: int = 3,
+                 blocks: Sequence[tuple[int, int]] = TABLE1_BLOCKS) -> MobileNetV1:
+    """:class:`MobileNetV1` for ``alpha``, ``resolution``, ``variant`` and ``blocks`` (see
     :func:`mobilenet_v1_spec`; the network itself accepts any input size)."""
-    return MobileNetV1(mobilenet_v1_spec(alpha, resolution, variant, num_classes), in_channels)
+    return MobileNetV1(mobilenet_v1_spec(alpha, resolution, variant, num_classes, blocks), in_channels)
 
 
 # --- Counting what a model runs --------------------------------------------------------------
@@ -332,3 +342,67 @@ def count(model: nn.Module, x: torch.Tensor, strict: bool = True) -> CostReport:
         for handle in handles:
             handle.remove()
     return report
+
+
+# --- What the count misses: time and memory ----------------------------------------------------
+
+def latency(fn: Callable[[], object], repeats: int = 10, warmup: int = 2, threads: int | None = 1,
+            device: torch.device | str = "cpu") -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls.
+
+    ``threads`` fixes torch's intra-op CPU threads for the measurement (restored afterwards;
+    ``None`` leaves them alone). On a CUDA ``device`` the GPU is synchronised around each call.
+    """
+    _positive(repeats=repeats)
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    cuda = torch.device(device).type == "cuda"
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        times = []
+        for i in range(warmup + repeats):
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send file descriptor 2 to /dev/null (the profiler's C++ start/stop log lines)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """Peak bytes of CPU memory that ``fn()`` allocates beyond what exists before the call.
+
+    Measured with ``torch.profiler`` (``profile_memory=True``): the allocations and frees of
+    every operator, in time order, summed into a running total whose maximum is returned.
+    Tensors that exist before the call (the input, the weights) are not included; run ``fn``
+    under ``torch.no_grad()`` to measure inference.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
