@@ -31,3 +31,39 @@ def test_compare_reports_drift_missing_and_extra_claims():
 def test_stops_with_one_clear_message_without_cuda():
     with pytest.raises(SystemExit, match="gpu-check needs a CUDA GPU"):
         gpu_check.main(["--no-nbval", "--no-smoke"])
+
+
+def recording_notebook(path, value_expression):
+    """A chapter-like notebook that records one claim with results.record(run=RUN)."""
+    import nbformat
+
+    root = gpu_check.ROOT
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('PROFILE = "tiny"\nSEED = 0\nDEVICE = "auto"\nDATA_DIR = None\nSMOKE = False')
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        f"import sys\nsys.path.insert(0, {str(root)!r})\nfrom utils import config, results\n"
+        "RUN = config.start_run(PROFILE, SEED, DEVICE, DATA_DIR, SMOKE)\n"
+        f"results.record({path.stem!r}, 'pixel AUROC of a fixed map', {value_expression}, unit='%', run=RUN)")
+    nb.cells = [params, body]
+    nbformat.write(nb, path)
+
+
+@pytest.mark.parametrize("value, ok", [("91.0", True), ("99.0", False)])
+def test_rehearsal_on_cpu_compares_recorded_numbers_with_the_committed_ones(tmp_path, monkeypatch, capsys, value, ok):
+    import json
+
+    committed = tmp_path / "committed"
+    committed.mkdir()
+    nb = tmp_path / "98_rehearsal.ipynb"
+    (committed / f"{nb.stem}.tiny.json").write_text(json.dumps(
+        [{"claim": "pixel AUROC of a fixed map", "ours": 91.0, "unit": "%"}]))
+    recording_notebook(nb, value)
+    monkeypatch.setattr(gpu_check, "COMMITTED_RESULTS", committed)
+    code = gpu_check.main(["--device", "cpu", "--no-nbval", "--no-smoke", "--output", str(tmp_path / "out"), str(nb)])
+    out, err = capsys.readouterr()
+    assert "1 claims compared" in out
+    assert (code == 0) == ok
+    if not ok:
+        assert "GPU CHECK FAILURE: 98_rehearsal.ipynb: 'pixel AUROC of a fixed map' (measured)" in err

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,9 @@ from utils.config import DATA_ENV  # noqa: E402
 from utils.results import RESULTS_ENV  # noqa: E402
 
 GPU_OUTPUT = ROOT / "_build" / "gpu"
-TRAINED_WORDS = ("accuracy", "mAP", "trained", "fine-tuned", "scratch", "train", "epoch", "loss")
+COMMITTED_RESULTS = ROOT / "results"
+#: Claims about something trained by SGD (case-sensitive: "mAP" is a metric, "map" is not).
+TRAINED = re.compile(r"\b(accuracy|Accuracy|mAP|trained|fine-tuned|scratch|training|epochs?|loss)\b")
 
 
 def tolerance_for(row: dict) -> tuple[str, float]:
@@ -49,7 +52,7 @@ def tolerance_for(row: dict) -> tuple[str, float]:
     claim, unit, ours = row["claim"], row.get("unit") or "", abs(row["ours"])
     if unit in ("M", "params", "mult-adds", "count") or "parameters" in claim or "mult-adds" in claim:
         return "count", 1e-6 * max(ours, 1.0)
-    trained = any(word.lower() in claim.lower() for word in TRAINED_WORDS)
+    trained = TRAINED.search(claim) is not None
     percent = unit == "%"
     if trained:
         return "trained", 5.0 if percent else 0.05
@@ -74,9 +77,12 @@ def compare(committed: list[dict], gpu: list[dict]) -> list[str]:
     return problems
 
 
-def cuda_or_exit() -> str:
+def device_or_exit(device: str) -> str:
+    """A description of ``device``; stops with one message when CUDA is asked for and absent."""
     import torch
 
+    if device != "cuda":
+        return f"{device} (a rehearsal of the check's logic: the numbers must equal the committed ones)"
     if not torch.cuda.is_available():
         sys.exit(f"gpu-check needs a CUDA GPU, and torch {torch.__version__} sees none on this machine "
                  "(torch.cuda.is_available() is False). Run it on a machine with a GPU and a CUDA build of torch.")
@@ -88,38 +94,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb")
     parser.add_argument("--no-nbval", action="store_true", help="skip the nbval (lax) re-run")
     parser.add_argument("--no-smoke", action="store_true", help="skip the smoke run on CUDA")
+    parser.add_argument("--device", default="cuda", help="cuda (default); cpu rehearses the logic without a GPU")
+    parser.add_argument("--output", type=Path, default=GPU_OUTPUT, help="where executed notebooks go")
     args = parser.parse_args(argv)
-    print(f"gpu-check on {cuda_or_exit()}")
+    print(f"gpu-check on {device_or_exit(args.device)}")
     paths = [p.resolve() for p in args.notebooks] or sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    GPU_OUTPUT.mkdir(parents=True, exist_ok=True)
+    args.output.mkdir(parents=True, exist_ok=True)
     failures: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="cvbook-gpu-") as tmp:
         env = {RESULTS_ENV: tmp, DATA_ENV: None}
         for path in paths:
             start = time.perf_counter()
             try:
-                papermill_run(path, GPU_OUTPUT / path.name, {"PROFILE": "tiny", "DEVICE": "cuda"}, NOTEBOOKS, env)
+                papermill_run(path, args.output / path.name, {"PROFILE": "tiny", "DEVICE": args.device}, NOTEBOOKS, env)
             except Exception as err:  # noqa: BLE001 - report every notebook, then fail
                 failures[path.name] = [f"execution failed: {type(err).__name__}: {str(err).strip()[:300]}"]
                 print(f"gpu: {path.name} FAILED", flush=True)
                 continue
-            committed_file = ROOT / "results" / f"{path.stem}.tiny.json"
+            committed_file = COMMITTED_RESULTS / f"{path.stem}.tiny.json"
             gpu_file = Path(tmp) / f"{path.stem}.tiny.json"
             committed = json.loads(committed_file.read_text()) if committed_file.exists() else []
             gpu = json.loads(gpu_file.read_text()) if gpu_file.exists() else []
             problems = compare(committed, gpu)
             if problems:
                 failures[path.name] = problems
-            print(f"gpu: {path.name} tiny on cuda in {time.perf_counter() - start:.0f} s, "
+            print(f"gpu: {path.name} tiny on {args.device} in {time.perf_counter() - start:.0f} s, "
                   f"{len(committed)} claims compared, {len(problems)} outside tolerance", flush=True)
     if not args.no_nbval:
-        executed = [str(GPU_OUTPUT / p.name) for p in paths if (GPU_OUTPUT / p.name).exists()]
+        executed = [str(args.output / p.name) for p in paths if (args.output / p.name).exists()]
         code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                                 "--nbval-current-env", *executed], cwd=ROOT)
         if code:
             failures["nbval (lax)"] = [f"pytest exited with {code}"]
     if not args.no_smoke:
-        code = smoke.main(["--device", "cuda", "--output", str(ROOT / "_build" / "gpu-smoke"),
+        code = smoke.main(["--device", args.device, "--output", str(args.output / "smoke"),
                            *[str(p) for p in paths]])
         if code:
             failures["smoke on cuda"] = ["see the SMOKE FAILURE lines above"]
