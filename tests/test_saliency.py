@@ -152,6 +152,7 @@ def test_rgb_batch_grayscale_rgb_and_rgba():
     rgb = np.random.default_rng(0).random((2, 5, 6, 3))
     torch.testing.assert_close(saliency.rgb_batch(rgb), torch.from_numpy(rgb).float().permute(0, 3, 1, 2))
     assert saliency.rgb_batch(rgb[0]).shape == (1, 3, 5, 6)
+    assert saliency.rgb_batch(np.zeros((2, 5, 6), dtype=np.uint8)).shape == (2, 3, 5, 6)  # grayscale batch
     with pytest.raises(ValueError, match="RGBA"):
         saliency.rgb_batch(np.zeros((8, 8, 4), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"floats in \[0, 1\]"):

@@ -42,7 +42,7 @@ class _GuidedClamp(torch.autograd.Function):
         passes = (x > 0) & (grad > 0)
         if ctx.upper is not None:
             passes &= x < ctx.upper
-        return grad * passes, None
+        return torch.where(passes, grad, torch.zeros_like(grad)), None
 
 
 def _guided_forward(module: nn.Module):
@@ -117,12 +117,14 @@ def rgb_batch(images: np.ndarray | list) -> torch.Tensor:
     """Photos as a float (B, 3, H, W) tensor in [0, 1].
 
     Accepts one image or a list/array of equal-sized images, each (H, W) grayscale
-    (repeated to 3 channels) or (H, W, 3) RGB; uint8 (0..255) or float (0..1). RGBA and other
+    (repeated to 3 channels) or (H, W, 3) RGB; uint8 (0..255) or float (0..1). A 3-D array
+    whose last axis has 3 or 4 entries is one colour image, any other 3-D array a batch of
+    grayscale images. RGBA and other
     channel counts raise ``ValueError``: an alpha channel has no meaning to an ImageNet model,
     so composite it first (e.g. ``PIL.Image.open(p).convert("RGB")``).
     """
     arr = np.asarray(images)
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] > 4):
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):  # one image
         arr = arr[None]
     if arr.ndim == 3:  # (B, H, W) grayscale batch
         arr = arr[..., None]
