@@ -21,9 +21,9 @@ NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_san
 
 .PHONY: book test env notebooks scoreboard html unit realdata nbval smoke gpu-check html-check screenshots benchmark clean
 
-book: env
+book: $(ENV_TARGET)
 	@$(TIMED) "execute changed notebooks (PROFILE=$(PROFILE))" $(BIN)/python -m tools.run_notebooks --profile $(PROFILE)
-	@$(MAKE) --no-print-directory html
+	@$(MAKE) --no-print-directory html BIN=$(BIN)
 
 test: env
 	@$(MAKE) --no-print-directory --keep-going unit realdata nbval smoke html html-check screenshots
