@@ -66,7 +66,8 @@ def show_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int 
               size: float = 2.2, suptitle: str | None = None, cmap: str | None = None) -> plt.Figure:
     """Show images in a grid with optional per-image titles; returns the figure.
 
-    Images may be anything :func:`to_numpy_image` accepts; with ``cmap`` given, 2-D arrays
+    ``size`` is the side of one panel in inches, reduced so the grid is at most
+    :data:`COLUMN_INCHES` wide. Images may be anything :func:`to_numpy_image` accepts; with ``cmap`` given, 2-D arrays
     are drawn as heatmaps with that colormap instead.
     """
     if len(images) == 0:
@@ -75,8 +76,10 @@ def show_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int 
         raise ValueError(f"{len(titles)} titles for {len(images)} images")
     nrows = -(-len(images) // ncols)
     ncols = min(ncols, len(images))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
-                             squeeze=False)
+    size = min(size, COLUMN_INCHES / ncols)  # never wider than the book's content column
+    title_room = 0.3 if titles is not None else 0.0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + title_room) * nrows + (0.4 if suptitle else 0)),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for i, (ax, image) in enumerate(zip(axes.flat, images)):
@@ -88,7 +91,6 @@ def show_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int 
             ax.set_title(titles[i], fontsize=9)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
 
 
