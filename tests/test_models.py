@@ -65,10 +65,10 @@ def test_torchvision_missing_weights_offline_is_clear(tmp_path, monkeypatch):
 
 
 def test_unknown_backbones_and_weights():
-    with pytest.raises(ValueError, match="unknown torchvision backbone 'vgg16'"):
-        models.load_torchvision("vgg16")
+    with pytest.raises(ValueError, match="unknown torchvision backbone 'alexnet'"):
+        models.load_torchvision("alexnet")
     with pytest.raises(ValueError, match="has no weights 'V9'"):
         models.load_torchvision("resnet18", weights="V9")
     with pytest.raises(ValueError, match="no taps defined"):
-        models.backbone_taps("vgg16")
+        models.backbone_taps("alexnet")
     assert models.backbone_taps("resnet18")["layer3"] == "layer3"

@@ -121,6 +121,9 @@ def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     """
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, H, W), got {tuple(maps.shape)}")
+    if not maps.is_floating_point():
+        raise TypeError(f"maps must be a float tensor, got {maps.dtype} (integer maps would round the "
+                        "smoothed values to zero); convert with .float()")
     kernel = gaussian_kernel(sigma, truncate).to(maps.device, maps.dtype)
     radius = (kernel.numel() - 1) // 2
     _, h, w = maps.shape

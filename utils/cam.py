@@ -60,6 +60,9 @@ def class_activation_maps(features: torch.Tensor, weight: torch.Tensor) -> torch
     if features.shape[1] != weight.shape[1]:
         raise ValueError(f"channel mismatch: features have C={features.shape[1]} channels "
                          f"but weight has {weight.shape[1]} columns (expected shape (K, {features.shape[1]}))")
+    if not features.is_floating_point() or not weight.is_floating_point():
+        raise TypeError(f"features and weight must be float tensors, got {features.dtype} and {weight.dtype} "
+                        "(integer arithmetic would truncate the maps); convert with .float()")
     _check_finite("features", features)
     _check_finite("weight", weight)
     return torch.einsum("bchw,kc->bkhw", features, weight.to(features.dtype))

@@ -87,10 +87,24 @@ register(RemoteFile(
 
 # --- Shared helpers ---------------------------------------------------------------------------
 
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
 def _open_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB (grayscale is repeated over 3 channels); errors name the file."""
+    """Open an image as 8-bit RGB (grayscale is repeated over 3 channels); errors name the file.
+
+    16-bit grayscale (PIL modes ``I;16*`` and ``I``) is scaled by its real range (0..65535), not
+    clipped at 255 as PIL's own conversion does; floating-point images (mode ``F``) are refused.
+    """
     try:
         with Image.open(path) as img:
+            if img.mode in SIXTEEN_BIT_MODES:
+                values = np.asarray(img, dtype=np.float64)
+                if values.min() < 0 or values.max() > 65535:
+                    raise ValueError(f"{img.mode} values outside 0..65535 ({values.min():g}..{values.max():g})")
+                return Image.fromarray(np.round(values / 65535.0 * 255.0).astype(np.uint8)).convert("RGB")
+            if img.mode == "F":
+                raise ValueError("floating-point (mode F) images are not supported; save it as 8- or 16-bit")
             return img.convert("RGB")
     except FileNotFoundError:
         raise FileNotFoundError(f"image file not found: {path}") from None
@@ -324,6 +338,29 @@ def _find_mask(category_dir: Path, defect: str, image: Path) -> Path:
                             f"or {folder / (image.stem + '.png')}")
 
 
+def _open_mask(path: Path) -> Image.Image:
+    """A defect mask as an 'L' image of 0/255: **any non-zero pixel is defect**, whatever the
+    file stores (0/255 as MVTec AD, 0/1, 16-bit, a palette, or the defect in one RGB channel)."""
+    try:
+        with Image.open(path) as m:
+            values = np.asarray(m.convert("L") if m.mode == "P" else m)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise OSError(f"cannot read mask {path}: {err}") from err
+    if values.ndim == 3:
+        values = values[..., :3].max(axis=-1)  # an alpha channel is not a defect
+    return Image.fromarray(((values > 0) * 255).astype(np.uint8))
+
+
+def _check_sizes(resize: object, crop: object) -> None:
+    """``resize`` a positive int; ``crop`` None or an int in ``1..resize``."""
+    if isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 1:
+        raise ValueError(f"resize must be a positive int (pixels), got {resize!r}")
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < 1):
+        raise ValueError(f"crop must be None or a positive int (pixels), got {crop!r}")
+    if crop is not None and crop > resize:
+        raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
+
+
 class MVTecAD(Dataset):
     """One MVTec AD category: ``(image (3, S, S) float [0, 1], mask (1, S, S) {0, 1}, label, defect)``.
 
@@ -331,7 +368,8 @@ class MVTecAD(Dataset):
     ``<category>/ground_truth/<defect>/<stem>_mask.png`` (or ``<stem>.png``). Images are
     resized to ``resize`` x ``resize`` (bilinear; grayscale becomes 3 channels), masks with
     nearest neighbour, then both are centre-cropped to ``crop`` (None: no crop), so they stay
-    aligned. ``label`` is 0 for "good", 1 otherwise; good images get an all-zero mask.
+    aligned. ``label`` is 0 for "good", 1 otherwise; good images get an all-zero mask; in a
+    mask file any non-zero pixel is defect. 16-bit images are scaled by their real range.
     """
 
     def __init__(self, root: str | Path, category: str, split: str = "train", resize: int = 256,
@@ -339,8 +377,7 @@ class MVTecAD(Dataset):
         root = Path(root)
         if split not in ("train", "test"):
             raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
-        if crop is not None and crop > resize:
-            raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
+        _check_sizes(resize, crop)
         self.dir = root / category
         if not (self.dir / "train").is_dir():
             found = sorted(p.name for p in root.iterdir() if (p / "train").is_dir()) if root.is_dir() else []
@@ -359,7 +396,10 @@ class MVTecAD(Dataset):
                 else:
                     self.samples.append((image, _find_mask(self.dir, defect, image), 1, defect))
         if not self.samples:
-            raise FileNotFoundError(f"no images under {split_dir}")
+            loose = _image_files(split_dir)
+            hint = (f"; the {len(loose)} images directly in {split_dir} must be in sub-folders "
+                    f"({split}/good/ for normal images, test/<defect>/ for defects)") if loose else ""
+            raise FileNotFoundError(f"no images under {split_dir}{hint}")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -378,16 +418,12 @@ class MVTecAD(Dataset):
         if mask_path is None:
             mask = torch.zeros(1, *image.shape[1:])
         else:
-            try:
-                with Image.open(mask_path) as m:
-                    raw = m.convert("L")
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-                raise OSError(f"cannot read mask {mask_path}: {err}") from err
+            raw = _open_mask(mask_path)
             if raw.size != img.size:
                 raise ValueError(f"mask {mask_path} is {raw.size[0]}x{raw.size[1]} but image {path} is "
                                  f"{img.size[0]}x{img.size[1]}")
             raw = self._crop(raw.resize(size, Image.Resampling.NEAREST))
-            mask = torch.from_numpy((np.asarray(raw) > 127).astype(np.float32))[None]
+            mask = torch.from_numpy((np.asarray(raw) > 0).astype(np.float32))[None]
         return image, mask, label, defect
 
 

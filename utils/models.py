@@ -211,6 +211,9 @@ def normalize(images: torch.Tensor, backbone: str = "efficientnet_lite0") -> tor
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise TypeError(f"expected float images in [0, 1], got dtype {images.dtype}; divide uint8 by 255")
+    if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
+        raise ValueError(f"expected images in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]; "
+                         "divide 0-255 images by 255 (and do not normalise twice)")
     mean, std = (torch.tensor(v, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
                  for v in NORMALIZATION[backbone])
     return (images - mean) / std

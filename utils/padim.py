@@ -6,6 +6,7 @@ evaluation of any patch scorer) are in :mod:`utils.anomaly`.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -42,8 +43,8 @@ class PaDiM(nn.Module):
         super().__init__()
         if n_features < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+        if not math.isfinite(eps) or eps < 0:
+            raise ValueError(f"eps must be a finite number >= 0 (the eps * I added to each covariance), got {eps}")
         self.n_features = n_features
         index = torch.arange(n_features) if n_dims is None else select_dims(n_features, n_dims, seed)
         self.register_buffer("seed", torch.tensor(int(seed)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from .config import Run, get_profile
@@ -58,8 +59,13 @@ def record(chapter: str, claim: str, ours: float, paper: float | None = None, un
     if run is not None:
         profile = run.profile.name
     get_profile(profile)
-    if not chapter or not claim:
-        raise ValueError("chapter and claim must be non-empty strings")
+    if not isinstance(chapter, str) or not re.fullmatch(r"[0-9]{2}_[A-Za-z0-9_]+", chapter):
+        raise ValueError(f"chapter must be a notebook stem like '06_padim' (two digits, '_', letters, digits), "
+                         f"got {chapter!r}")
+    if not isinstance(claim, str) or not claim.strip():
+        raise ValueError("claim must be a non-empty string")
+    if paper is not None and not math.isfinite(float(paper)):
+        raise ValueError(f"{chapter}/{claim}: the paper's value must be finite or None, got {paper}")
     ours = float(ours)
     if not math.isfinite(ours):
         raise ValueError(f"{chapter}/{claim}: measured value must be finite, got {ours}")
@@ -70,14 +76,25 @@ def record(chapter: str, claim: str, ours: float, paper: float | None = None, un
         return row
     path = results_dir() / f"{chapter}.{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = json.loads(path.read_text()) if path.exists() else []
+    rows = _read(path) if path.exists() else []
     rows = [r for r in rows if r["claim"] != claim] + [row]
     path.write_text(json.dumps(rows, indent=1) + "\n")
     return row
 
 
+def _read(path: Path) -> list[dict]:
+    """The rows of one results file; a corrupt file is an error that names it."""
+    try:
+        rows = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"results file {path} is not valid JSON ({err}); fix or delete it and re-run the "
+                         "notebook that writes it") from err
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "claim" in r for r in rows):
+        raise ValueError(f"results file {path} must hold a list of rows with a 'claim'")
+    return rows
+
+
 def load_all(directory: Path | None = None) -> dict[str, list[dict]]:
     """All recorded rows keyed by file stem (``<chapter>.<profile>``), sorted by name."""
     directory = directory or results_dir()
-    return {p.name.removesuffix(".json"): json.loads(p.read_text())
-            for p in sorted(directory.glob("*.json"))}
+    return {p.name.removesuffix(".json"): _read(p) for p in sorted(directory.glob("*.json"))}

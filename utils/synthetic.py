@@ -585,6 +585,8 @@ def file_hashes(root: str | Path) -> dict[str, str]:
     """SHA-256 of every file under ``root``, keyed by its path relative to ``root``: two
     generations with the same seed must give equal dictionaries."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no folder at {root}: nothing to hash (two missing folders must not compare equal)")
     return {str(p.relative_to(root)): sha256_of(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 

@@ -37,6 +37,8 @@ def to_numpy_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"image has {int((~np.isfinite(array)).sum())} NaN or infinite values")
     if array.size and (array.min() < -1e-3 or array.max() > 1 + 1e-3):
         raise ValueError(f"float image values must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}]; "
                          "is it still normalised?")
@@ -52,6 +54,9 @@ def overlay(image: np.ndarray | torch.Tensor, heatmap: np.ndarray | torch.Tensor
     base = to_numpy_image(image)
     heat = heatmap.detach().cpu().numpy() if isinstance(heatmap, torch.Tensor) else np.asarray(heatmap)
     heat = heat.astype(np.float32)
+    if not np.isfinite(heat).all():
+        raise ValueError(f"heatmap has {int((~np.isfinite(heat)).sum())} NaN or infinite values; "
+                         "a min-max scaling would make the whole overlay blank")
     if heat.shape != base.shape[:2]:
         raise ValueError(f"heatmap shape {heat.shape} does not match image size {base.shape[:2]}; upsample it first")
     if not 0.0 <= alpha <= 1.0:
