@@ -64,3 +64,22 @@ def test_start_run_summary(capsys, monkeypatch):
     assert "profile=tiny seed=1 device=cpu" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown profile"):
         config.start_run("huge")
+
+
+def test_progress_bars_follow_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv(config.PROGRESS_ENV, "0")
+    assert not config.progress_enabled()
+    assert list(config.progress(range(3), desc="quiet")) == [0, 1, 2]
+    assert "quiet" not in capsys.readouterr().err
+    monkeypatch.setenv(config.PROGRESS_ENV, "1")
+    assert config.progress_enabled()
+    assert list(config.progress(range(3), desc="shown")) == [0, 1, 2]
+    assert "shown" in capsys.readouterr().err
+
+
+def test_claim_returns_nothing_and_skips_in_smoke_runs(capsys):
+    run = config.Run(config.get_profile("full"), 0, torch.device("cpu"), None, smoke=True)
+    assert run.claim(False, "accuracy above chance") is None
+    assert "claim not checked: accuracy above chance" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="accuracy above chance"):
+        config.Run(config.get_profile("tiny"), 0, torch.device("cpu"), None).claim(False, "accuracy above chance")

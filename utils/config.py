@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +89,18 @@ def pick_device(device: str = "auto") -> torch.device:
     return chosen
 
 
+def progress_enabled() -> bool:
+    """False when ``$CVBOOK_PROGRESS`` is ``"0"`` (set by the tools that execute notebooks,
+    whose outputs are committed): then no progress bar of any library should be drawn."""
+    return os.environ.get(PROGRESS_ENV) != "0"
+
+
 def progress(iterable: Iterable[T], desc: str | None = None, total: int | None = None, **kwargs) -> Iterable[T]:
     """Wrap a long loop in a progress bar (text ``tqdm``) for a reader running the notebook;
-    silent when ``$CVBOOK_PROGRESS`` is ``"0"`` (set by the tools that execute notebooks)."""
+    silent unless :func:`progress_enabled`."""
     from tqdm import tqdm  # a text bar: works without ipywidgets
 
-    return tqdm(iterable, desc=desc, total=total, disable=os.environ.get(PROGRESS_ENV) == "0", **kwargs)
+    return tqdm(iterable, desc=desc, total=total, disable=not progress_enabled(), **kwargs)
 
 
 def cache_dir() -> Path:
@@ -150,19 +157,18 @@ class Run:
         """
         return smoke if self.smoke else value
 
-    def claim(self, condition: object, message: str = "") -> bool:
+    def claim(self, condition: object, message: str = "") -> None:
         """Assert a claim about a method's quality (an accuracy above a baseline, say).
 
         Raises :class:`AssertionError` with ``message`` when ``condition`` is false, except in
-        a smoke run, where it only reports that the claim was not checked. Returns whether
-        the condition held.
+        a smoke run, where it only reports that the claim was not checked. Returns nothing,
+        so a claim at the end of a cell adds no output.
         """
         held = bool(condition)
         if not held and not self.smoke:
             raise AssertionError(message or "claim failed")
         if not held:
             print(f"smoke run: claim not checked: {message}")
-        return held
 
 
 def start_run(profile: str = "tiny", seed: int = 0, device: str = "auto",
@@ -170,7 +176,8 @@ def start_run(profile: str = "tiny", seed: int = 0, device: str = "auto",
     """The one call every chapter makes after its parameters cell.
 
     Validates the profile, seeds everything, picks the device, resolves the data
-    folder, applies the book's figure style and prints a one-line summary (without
+    folder, applies the book's figure style, silences tqdm's missing-widget
+    warning and prints a one-line summary (without
     machine-specific paths). ``smoke=True`` is only meaningful with ``profile="full"``
     (the tiny profile is already small) and raises otherwise.
     """
@@ -183,6 +190,9 @@ def start_run(profile: str = "tiny", seed: int = 0, device: str = "auto",
         raise ValueError('SMOKE=True cuts the full profile down; use it with PROFILE="full"')
     seed_everything(seed)
     use_book_style()
+    # tqdm.auto (imported by captum and others) warns once per kernel that ipywidgets is
+    # missing and falls back to text bars; the fallback is what we want, the warning is noise.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     source = "data directory set" if run.data_dir else "no data directory (generated data only)"
     mode = " (smoke run: a handful of images, one epoch; quality claims not checked)" if smoke else ""
     print(f"profile={run.profile.name}{mode} seed={seed} device={run.device.type} torch={torch.__version__}; {source}")
