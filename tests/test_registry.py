@@ -51,8 +51,9 @@ def test_checksum_mismatch_deletes_and_raises(server, monkeypatch):
 def test_data_dir_copy_wins(entry, tmp_path, monkeypatch):
     local = tmp_path / "mirror"
     local.mkdir()
-    (local / "file.bin").write_bytes(b"local")
+    (local / "file.bin").write_bytes(PAYLOAD)
     monkeypatch.setenv("CVBOOK_DATA", str(local))
+    monkeypatch.setattr(registry, "_download", lambda *a: pytest.fail("the data-dir copy should win"))
     assert registry.fetch("test-file") == local / "file.bin"
 
 
