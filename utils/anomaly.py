@@ -113,6 +113,12 @@ def _reflect_index(n: int, radius: int) -> Tensor:
     return torch.where(i >= n, 2 * n - 1 - i, i)
 
 
+def _require_pixels(maps: Tensor, name: str) -> None:
+    """Raise ``ValueError`` unless the ``(B, H, W)`` tensor ``maps`` has ``H, W >= 1``."""
+    if maps.shape[1] == 0 or maps.shape[2] == 0:
+        raise ValueError(f"{name} need at least one pixel each, got shape {tuple(maps.shape)}")
+
+
 def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     """Smooth each ``(B, H, W)`` map with a Gaussian of std ``sigma`` pixels.
 
@@ -121,6 +127,7 @@ def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0) -> Tensor:
     """
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, H, W), got {tuple(maps.shape)}")
+    _require_pixels(maps, "maps")
     if not maps.is_floating_point():
         raise TypeError(f"maps must be a float tensor, got {maps.dtype} (integer maps would round the "
                         "smoothed values to zero); convert with .float()")
@@ -146,8 +153,12 @@ def anomaly_maps(distances: Tensor, size: int | tuple[int, int], mode: str = "bi
     """
     if distances.ndim != 3:
         raise ValueError(f"distances must be (B, h, w), got {tuple(distances.shape)}")
+    _require_pixels(distances, "distances")
     size = (size, size) if isinstance(size, int) else tuple(size)
     same = tuple(distances.shape[1:]) == size
+    if not same and not distances.is_floating_point():
+        raise TypeError(f"distances must be a float tensor to be resampled, got {distances.dtype}; "
+                        "convert with .float()")
     maps = distances if same else upsample_maps(distances[:, None], size, mode)[:, 0]
     return maps if sigma is None else gaussian_blur(maps, sigma)
 
@@ -156,6 +167,7 @@ def image_scores(maps: Tensor) -> Tensor:
     """Image anomaly score = maximum of its map; ``(B, H, W)`` -> ``(B,)``."""
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, H, W), got {tuple(maps.shape)}")
+    _require_pixels(maps, "maps")
     return maps.flatten(1).amax(dim=1)
 
 
@@ -179,6 +191,9 @@ def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int | None 
     if train.shape[1] != test.shape[1]:
         raise ValueError(f"train has {train.shape[1]} channels, test has {test.shape[1]}")
     memory = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1])
+    if memory.shape[0] == 0:
+        raise ValueError(f"knn_patch_scores needs at least one training patch, got train of shape "
+                         f"{tuple(train.shape)}")
     if not 1 <= k <= memory.shape[0]:
         raise ValueError(f"k must be in [1, {memory.shape[0]}], got {k}")
     b, c, h, w = test.shape
@@ -218,7 +233,9 @@ def fit_pca(embeddings: Tensor | Iterable[Tensor], n_dims: int) -> tuple[Tensor,
         else:
             total, outer = total + x.sum(0), outer + x.T @ x
         count += x.shape[0]
-    if total is None or not 1 <= n_dims <= total.numel():
+    if count == 0:
+        raise ValueError("fit_pca needs at least one training patch vector, got no embeddings")
+    if not 1 <= n_dims <= total.numel():
         raise ValueError(f"n_dims must be in [1, number of channels], got {n_dims}")
     mean = total / count
     covariance = outer / count - torch.outer(mean, mean)

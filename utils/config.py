@@ -104,9 +104,20 @@ def progress(iterable: Iterable[T], desc: str | None = None, total: int | None =
 
 
 def cache_dir() -> Path:
-    """Directory for generated datasets and downloads (``$CVBOOK_CACHE``), created on demand."""
-    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cvbook").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    """Directory for generated datasets and downloads (``$CVBOOK_CACHE``), created on demand.
+
+    A path that is an existing file, or that cannot be created, raises an ``OSError`` naming
+    the path and where it came from (``$CVBOOK_CACHE`` or the default).
+    """
+    value = os.environ.get(CACHE_ENV)
+    path = Path(value or Path.home() / ".cache" / "cvbook").expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        source = f"from ${CACHE_ENV}" if value else f"the default, ${CACHE_ENV} is not set"
+        problem = "is an existing file, not a folder" if path.is_file() else f"cannot be created ({error.strerror})"
+        raise type(error)(f"cache directory {str(path)!r} ({source}) {problem}; "
+                          f"point ${CACHE_ENV} at a writable folder") from error
     return path
 
 

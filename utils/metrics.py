@@ -91,6 +91,9 @@ def pointing_game(maps: np.ndarray, boxes: np.ndarray, tolerance_px: float = 0.0
     b = _as_boxes(boxes, "boxes")
     if m.ndim != 3 or b.ndim != 2 or len(m) != len(b):
         raise ValueError(f"maps must be (B, H, W) and boxes (B, 4) with the same B, got {m.shape} and {b.shape}")
+    if m.size == 0:
+        raise ValueError(f"pointing_game needs at least one map with at least one pixel, got maps of "
+                         f"shape {m.shape}")
     if tolerance_px < 0:
         raise ValueError(f"tolerance_px must be >= 0, got {tolerance_px}")
     if ((b[:, 2] - b[:, 0]) < 1).any() or ((b[:, 3] - b[:, 1]) < 1).any():
@@ -154,6 +157,8 @@ def image_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     s, y = _as_float_array(scores, "scores"), _as_binary_array(labels, "labels")
     if s.ndim != 1 or s.shape != y.shape:
         raise ValueError(f"scores and labels must be aligned 1-D arrays, got {s.shape} and {y.shape}")
+    if s.size == 0:
+        raise ValueError("image_auroc needs at least one image score, got none")
     return _rank_auroc(s, y, "images")
 
 
@@ -165,6 +170,8 @@ def _maps_and_masks(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np
         m, g = m[None], g[None]
     if m.ndim != 3:
         raise ValueError(f"maps and masks must be (N, H, W) or (H, W), got {m.shape}")
+    if m.size == 0:
+        raise ValueError(f"maps and masks need at least one map with at least one pixel, got shape {m.shape}")
     return m, g
 
 

@@ -72,6 +72,9 @@ class PaDiM(nn.Module):
         if not isinstance(embeddings, Tensor) or embeddings.ndim != 4:
             raise ValueError("embeddings must be a (B, F, H, W) tensor, got "
                              f"{tuple(embeddings.shape) if isinstance(embeddings, Tensor) else type(embeddings).__name__}")
+        if embeddings.numel() == 0:
+            raise ValueError("PaDiM needs at least one image and one position per batch, got embeddings "
+                             f"of shape {tuple(embeddings.shape)}")
         if embeddings.shape[1] != self.n_features:
             raise ValueError(f"embeddings have {embeddings.shape[1]} channels, the model expects {self.n_features}")
 
@@ -107,6 +110,10 @@ class PaDiM(nn.Module):
         ``np.cov``) plus ``eps I``; its Cholesky factor ``L`` and ``W = L^{-1}`` (triangular
         solves against the identity) are computed in ``dtype`` too. Mean and ``W`` are stored
         in ``store_dtype`` on the embeddings' device. Returns ``self``.
+
+        Raises ``ValueError`` for an empty batch, NaN or inf in the kept channels, and a
+        covariance that is not positive-definite (``eps=0`` with no more images than kept
+        dimensions, or constant channels); the model is then left as it was.
         """
         batches = [embeddings] if isinstance(embeddings, Tensor) else embeddings
         count, grid, shift, total, outer = 0, None, None, None, None
@@ -132,16 +139,34 @@ class PaDiM(nn.Module):
         offset = total / count
         covariance = outer.baddbmm_(offset.transpose(1, 2), offset, alpha=-count).div_(count - 1)
         covariance.diagonal(dim1=1, dim2=2).add_(float(self.eps))
-        self.mean = (shift + offset).squeeze(1).to(store_dtype)
-        self.whitening = torch.empty(covariance.shape, dtype=store_dtype, device=covariance.device)
+        if not torch.isfinite(covariance).all():
+            raise ValueError("training embeddings contain NaN or inf values (the covariance is not finite); "
+                             "check the backbone's input images and features")
+        whitening = torch.empty(covariance.shape, dtype=store_dtype, device=covariance.device)
         identity = torch.eye(self.n_dims, dtype=dtype, device=covariance.device)
         chunk = max(1, 2**23 // self.n_dims**2)  # positions per step: ~64 MB of float64 temporaries
         for start in range(0, covariance.shape[0], chunk):
-            cholesky = torch.linalg.cholesky(covariance[start:start + chunk])
-            self.whitening[start:start + chunk] = torch.linalg.solve_triangular(
+            cholesky, info = torch.linalg.cholesky_ex(covariance[start:start + chunk])
+            if info.any():
+                raise self._singular_covariance_error(start + int(info.nonzero()[0, 0]), grid, count)
+            whitening[start:start + chunk] = torch.linalg.solve_triangular(
                 cholesky, identity.expand_as(cholesky), upper=False)
+        self.mean = (shift + offset).squeeze(1).to(store_dtype)
+        self.whitening = whitening
         self.grid = torch.tensor(grid, dtype=torch.long, device=self.mean.device)
         return self
+
+    def _singular_covariance_error(self, position: int, grid: tuple[int, int], count: int) -> ValueError:
+        """The error for a ``Sigma + eps I`` without Cholesky factor at flat ``position`` of ``grid``,
+        estimated from ``count`` images."""
+        row, column = divmod(position, grid[1])
+        if count <= self.n_dims:
+            reason = (f"{count} training images give a covariance of rank at most {count - 1}, "
+                      f"below its {self.n_dims} dimensions")
+        else:
+            reason = "some kept channels are constant or linearly dependent there"
+        return ValueError(f"the covariance at grid position ({row}, {column}) is not positive-definite with "
+                          f"eps={float(self.eps):g}: {reason}; use a positive eps (the default is 0.01)")
 
     @property
     def precision(self) -> Tensor:
@@ -159,7 +184,7 @@ class PaDiM(nn.Module):
 
         ``d = ||W x - W mu||``: batched matrix products over positions and images (with the
         subtraction fused into them), in the stored dtype, on the model's device (the
-        embeddings are moved there).
+        embeddings are moved there). NaN or inf in the kept channels raise ``ValueError``.
         """
         self._check_fitted()
         self._check_embeddings(embeddings)
@@ -173,6 +198,10 @@ class PaDiM(nn.Module):
             w_mu = torch.bmm(self.mean[part, None, :], w_t)                        # (p, 1, C)
             z = torch.baddbmm(w_mu, x, w_t, beta=-1)                               # (p, B, C)
             out[part] = torch.linalg.vector_norm(z, dim=2)
+        not_finite = ~torch.isfinite(out)
+        if not_finite.any():
+            raise ValueError(f"embeddings contain NaN or inf values: {int(not_finite.sum())} of {out.numel()} "
+                             "patch scores are not finite")
         return out.T.reshape(b, h, w)
 
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
