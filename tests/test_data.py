@@ -346,3 +346,17 @@ def test_real_datasets_are_registered_with_checksums():
         entry = registry.lookup(name)
         assert entry.url.startswith("http") and entry.size > 0 and entry.licence
         assert entry.url.endswith(entry.filename)
+
+
+def test_fetch_for_uses_a_stand_in_only_in_a_smoke_run(tmp_path, monkeypatch):
+    monkeypatch.setenv(config.CACHE_ENV, str(tmp_path / "cache"))
+    stand_in = tmp_path / registry.lookup("gradcam-both").filename
+    stand_in.parent.mkdir(parents=True)
+    Image.new("RGB", (224, 224), "white").save(stand_in)
+    full = config.get_profile("full")
+    smoke = config.Run(full, 0, torch.device("cpu"), tmp_path, smoke=True)
+    assert data.fetch_for(smoke, "gradcam-both") == stand_in
+    real = config.Run(full, 0, torch.device("cpu"), tmp_path)
+    with pytest.raises(registry.ChecksumError, match="both.png"):
+        data.fetch_for(real, "gradcam-both")
+    assert stand_in.is_file()  # a copy in the user's data folder is never deleted

@@ -6,7 +6,8 @@ so ``make smoke`` (part of ``make test``) runs each notebook with papermill and
 
 * a data directory holding the generated stand-ins in the real on-disk layouts
   (``oxford-iiit-pet/``, ``VOCdevkit/VOC2012/``, ``mvtec_ad/<each of the 15 categories>/``,
-  ``MNIST/raw/*-ubyte``), so the real loaders read them;
+  ``MNIST/raw/*-ubyte``, and ``images/both.png``, a photo standing in for Grad-CAM's Figure 1 picture,
+  used unverified in a smoke run only: ``utils.data.fetch_for``), so the real loaders read them;
 * a temporary ``$TORCH_HOME`` holding *randomly initialised* stand-in weight files under the file
   names torchvision expects, for every model in ``utils.models.TORCHVISION_MODELS`` (never the
   user's own cache, where they would silently replace real weights);
@@ -55,6 +56,10 @@ def write_stand_in_data(target: Path, seed: int = 0) -> Path:
 
     Must run with ``$CVBOOK_CACHE`` pointing at a temporary folder (the generators write there).
     """
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skdata, transform
+
     from utils import data, synthetic
 
     target.mkdir(parents=True, exist_ok=True)
@@ -65,6 +70,10 @@ def write_stand_in_data(target: Path, seed: int = 0) -> Path:
     for i, category in enumerate(data.MVTEC_CATEGORIES):  # each real name reads one generated texture
         source = anomaly / synthetic.ANOMALY_CATEGORIES[i % len(synthetic.ANOMALY_CATEGORIES)]
         (target / "mvtec_ad" / category).symlink_to(source, target_is_directory=True)
+    picture = target / "images" / "both.png"   # stands in for Grad-CAM's Figure 1 photo (224 x 224 RGB)
+    picture.parent.mkdir()
+    cat = transform.resize(skdata.chelsea(), (224, 224), anti_aliasing=True)
+    Image.fromarray((cat * 255).round().astype(np.uint8)).save(picture)
     raw = target / "MNIST" / "raw"
     raw.mkdir(parents=True)
     train_x, train_y, test_x, test_y = synthetic.make_digits(seed)

@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from . import config, synthetic
-from .registry import MissingDataError, RemoteFile, extract, fetch, register
+from .registry import MissingDataError, RemoteFile, extract, fetch, lookup, register
 
 __all__ = ["MVTEC_CATEGORIES", "VOC_CLASSES", "PetRecord", "pets_label", "load_pets", "pets_root",
            "read_voc_xml", "voc_classes", "VOCMultiLabel", "voc_root", "MVTecAD", "load_mvtec", "mvtec_root", "load_mnist",
@@ -86,6 +86,19 @@ register(RemoteFile(
 
 
 # --- Shared helpers ---------------------------------------------------------------------------
+
+
+def fetch_for(run: config.Run, name: str) -> Path:
+    """The registry file ``name`` for this run: :func:`~utils.registry.fetch` with the run's
+    data folder, offline in the tiny profile, verified against the registry's SHA-256.
+
+    In a smoke run (``SMOKE=True``: random stand-in weights, generated data) a file of that
+    name in the data folder is a stand-in written by ``tools/smoke.py`` and is used unverified.
+    """
+    if run.smoke and run.data_dir is not None and (run.data_dir / lookup(name).filename).is_file():
+        return run.data_dir / lookup(name).filename
+    return fetch(name, run.data_dir, offline=run.profile.offline)
+
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -198,7 +211,7 @@ def pets_root(run: config.Run) -> Path:
             return candidate
     dest = config.cache_dir() / "oxford-iiit-pet"
     for name in ("pets-images", "pets-annotations"):
-        extract(fetch(name, run.data_dir, offline=run.profile.offline), dest)
+        extract(fetch_for(run, name), dest)
     return dest
 
 
@@ -318,7 +331,7 @@ def voc_root(run: config.Run) -> Path:
         except FileNotFoundError:
             continue
     dest = config.cache_dir() / "voc"
-    extract(fetch("voc2012-trainval", run.data_dir, offline=run.profile.offline), dest)
+    extract(fetch_for(run, "voc2012-trainval"), dest)
     return _voc_dir(dest)
 
 
@@ -460,7 +473,7 @@ def mvtec_root(run: config.Run, category: str) -> Path:
         raise MissingDataError(f"category {category!r} is not in the data directory and is not an MVTec AD "
                                f"category ({', '.join(MVTEC_CATEGORIES)}), so it cannot be downloaded")
     dest = config.cache_dir() / "mvtec_ad"
-    extract(fetch("mvtec-ad", run.data_dir, offline=run.profile.offline), dest)
+    extract(fetch_for(run, "mvtec-ad"), dest)
     if not (dest / category / "train").is_dir():
         raise MissingDataError(f"{category}/train not found in the extracted MVTec AD archive at {dest}")
     return dest
@@ -486,7 +499,7 @@ def load_mnist(run: config.Run) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
         raw = root / "MNIST" / "raw"
         raw.mkdir(parents=True, exist_ok=True)
         for stem in _MNIST_FILES:
-            archive = fetch(f"mnist-{stem.split('-idx')[0]}", run.data_dir, offline=run.profile.offline)
+            archive = fetch_for(run, f"mnist-{stem.split('-idx')[0]}")
             with gzip.open(archive, "rb") as src, open(raw / f"{stem}.part", "wb") as dst:
                 shutil.copyfileobj(src, dst)
             (raw / f"{stem}.part").replace(raw / stem)
