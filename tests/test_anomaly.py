@@ -136,7 +136,7 @@ def test_positions_in_several_pieces_give_the_same_model_and_maps(monkeypatch):
     train, test = random_embeddings(9, c=8, h=5, w=7), random_embeddings(3, c=8, h=5, w=7, seed=4)
     whole = PaDiM(8, n_dims=5, seed=2).fit(train.split(4))
     expected = whole(test)
-    monkeypatch.setattr(padim_module, "CHUNK_VALUES_CPU", 40)  # 40 // (4 images x 5 dims) = 2 positions
+    monkeypatch.setattr(padim_module, "CHUNK_VALUES_CPU", 40)  # 40 // (5 dims x 5) -> 1 position a piece
     pieces = PaDiM(8, n_dims=5, seed=2).fit(train.split(4))
     torch.testing.assert_close(pieces.mean, whole.mean, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(pieces.whitening, whole.whitening, rtol=1e-5, atol=1e-5)

@@ -15,11 +15,53 @@ from torch import Tensor, nn
 
 from .anomaly import select_dims
 
-#: Values per piece of positions in PaDiM's fit and scoring (4 MB of float32 on a CPU: cache-sized).
-CHUNK_VALUES_CPU = 2**20
+#: Values per piece of positions in PaDiM's fit and scoring: a piece's float64 temporaries (its
+#: embeddings and its C x C matrices) are a few megabytes on a CPU (cache-sized, and small next
+#: to the stored Gaussians), hundreds of megabytes on a GPU.
+CHUNK_VALUES_CPU = 2**19
 CHUNK_VALUES_GPU = 2**26
+#: Matrices up to this size are factorised by LAPACK (``cholesky_ex`` + a triangular solve); larger
+#: ones are split in two halves whose coupling is done by batched matrix products.
+WHITEN_BLOCK = 64
 
-__all__ = ["PaDiM", "CHUNK_VALUES_CPU", "CHUNK_VALUES_GPU"]
+__all__ = ["PaDiM", "whiten", "CHUNK_VALUES_CPU", "CHUNK_VALUES_GPU", "WHITEN_BLOCK"]
+
+
+def whiten(covariance: Tensor) -> tuple[Tensor, Tensor]:
+    """``W = L^{-1}`` for the Cholesky factor ``L L^T = S`` of each matrix ``S`` of ``(p, C, C)``.
+
+    Returns ``W`` (lower-triangular, ``(p, C, C)``, dtype of ``covariance``) and a ``(p,)`` bool
+    mask of the matrices that are not positive-definite (their ``W`` is meaningless). Blocked
+    recursion: with ``S = [[S11, .], [S21, S22]]``, ``W11`` comes from ``S11``, then
+    ``L21 = S21 W11^T``, the Schur complement ``S22 - L21 L21^T`` gives ``W22`` and
+    ``W21 = -W22 L21 W11``; so most of the work is batched matrix products over the ``p``
+    matrices and only blocks of at most :data:`WHITEN_BLOCK` go through LAPACK, which on small
+    matrices runs far below the matmul rate.
+    """
+    out = torch.empty_like(covariance)
+    failed = torch.zeros(covariance.shape[0], dtype=torch.bool, device=covariance.device)
+    _whiten_into(covariance, out, failed)
+    return out, failed
+
+
+def _whiten_into(s: Tensor, out: Tensor, failed: Tensor) -> None:
+    """Write ``L^{-1}`` of each ``(n, n)`` matrix of ``s`` ``(p, n, n)`` into the view ``out``; OR
+    the ``(p,)`` mask ``failed`` with the matrices whose Cholesky factorisation broke down."""
+    n = s.shape[-1]
+    if n <= WHITEN_BLOCK:
+        factor, info = torch.linalg.cholesky_ex(s)
+        failed |= info != 0
+        identity = torch.eye(n, dtype=s.dtype, device=s.device).expand_as(s).contiguous()
+        out.copy_(torch.linalg.solve_triangular(factor, identity, upper=False))
+        return
+    k = n // 2
+    _whiten_into(s[:, :k, :k], out[:, :k, :k], failed)
+    w11 = out[:, :k, :k]
+    l21 = s[:, k:, :k] @ w11.mT                                    # S21 L11^{-T}, (p, n - k, k)
+    schur = torch.baddbmm(s[:, k:, k:], l21, l21.mT, alpha=-1)     # S22 - L21 L21^T
+    _whiten_into(schur, out[:, k:, k:], failed)
+    out[:, k:, :k] = -((out[:, k:, k:] @ l21) @ w11)
+    out[:, :k, k:] = 0
 
 
 class PaDiM(nn.Module):
@@ -78,25 +120,33 @@ class PaDiM(nn.Module):
         if embeddings.shape[1] != self.n_features:
             raise ValueError(f"embeddings have {embeddings.shape[1]} channels, the model expects {self.n_features}")
 
+    def _step(self, images: int, device: torch.device) -> int:
+        """Positions per piece, so that a piece's ``(p, images, C)`` embeddings and ``(p, C, C)``
+        matrices hold about :data:`CHUNK_VALUES_CPU` (or ``_GPU``) values each."""
+        budget = CHUNK_VALUES_CPU if device.type == "cpu" else CHUNK_VALUES_GPU
+        return max(1, budget // (self.n_dims * max(images, self.n_dims)))
+
     def _chunks(self, embeddings: Tensor, dtype: torch.dtype,
                 device: torch.device | None = None) -> Iterator[tuple[slice, Tensor]]:
-        """Kept channels of consecutive ranges of positions, each a contiguous ``(p, B, C)`` tensor.
+        """Kept channels of consecutive ranges of positions, each a new contiguous ``(p, B, C)``
+        tensor of ``dtype`` on ``device`` (the caller may overwrite it).
 
-        ``(B, C, P) -> (P, B, C)`` is a transpose; done a few megabytes at a time, each piece is
-        still in the CPU cache when the matrix products use it.
+        ``(B, C, P) -> (P, B, C)`` is a transpose; done a few megabytes at a time (one copy that
+        also converts and moves), each piece is still in the CPU cache when the matrix products
+        use it.
         """
         b, _, h, w = embeddings.shape
         flat = embeddings.reshape(b, self.n_features, h * w)
         index = self.index.to(flat.device)
-        budget = CHUNK_VALUES_CPU if flat.device.type == "cpu" else CHUNK_VALUES_GPU
-        step = max(1, budget // (b * self.n_dims))
+        step = self._step(b, flat.device)
         for start in range(0, h * w, step):
             part = slice(start, min(start + step, h * w))
             piece = flat[:, :, part]
             if self.n_dims < self.n_features:
                 piece = piece.index_select(1, index)
-            moved = piece.reshape(b * self.n_dims, -1).t().to(device or flat.device).contiguous()
-            yield part, moved.to(dtype).view(-1, b, self.n_dims)
+            piece = piece.reshape(b * self.n_dims, -1).t()
+            moved = torch.empty(piece.shape, dtype=dtype, device=device or flat.device).copy_(piece)
+            yield part, moved.view(-1, b, self.n_dims)
 
     @torch.no_grad()
     def fit(self, embeddings: Tensor | Iterable[Tensor], dtype: torch.dtype = torch.float64,
@@ -104,57 +154,100 @@ class PaDiM(nn.Module):
         """Estimate each position's mean and covariance from normal training embeddings.
 
         ``embeddings``: one ``(N, F, H, W)`` tensor or an iterable of such batches (e.g.
-        :func:`embed`), consumed once; memory is ``O(P C^2)`` whatever the number of images.
-        Sums are accumulated in ``dtype`` around the first batch's mean (which keeps the
-        one-pass covariance accurate); the covariance is the unbiased one (``N - 1``, like
-        ``np.cov``) plus ``eps I``; its Cholesky factor ``L`` and ``W = L^{-1}`` (triangular
-        solves against the identity) are computed in ``dtype`` too. Mean and ``W`` are stored
-        in ``store_dtype`` on the embeddings' device. Returns ``self``.
+        :func:`embed`), consumed once. The covariance is the unbiased one (``N - 1``, like
+        ``np.cov``) plus ``eps I``; ``W = L^{-1}`` of its Cholesky factor comes from
+        :func:`whiten` in ``dtype``. Mean and ``W`` are stored in ``store_dtype`` on the
+        embeddings' device; the memory the fit needs beyond them is a few pieces of positions.
+
+        Precision. One tensor: position piece by piece, the mean and the centred covariance
+        (two passes, exact) and ``W`` are computed in ``dtype``. Iterable: sums are taken
+        around the first batch's per-position mean; each batch's Gram matrices are computed in
+        ``dtype`` and added into the ``(P, C, C)`` buffer that will hold ``W``, i.e. accumulated
+        in ``store_dtype`` (one rounding per batch and entry: relative ``6e-8`` per batch in
+        float32, don't stream into a 16-bit store), the per-position sums in float64; then piece
+        by piece the Gram matrices are promoted to ``dtype``, turned into covariances,
+        factorised and overwritten with ``W`` in place. Returns ``self``.
 
         Raises ``ValueError`` for an empty batch, NaN or inf in the kept channels, and a
         covariance that is not positive-definite (``eps=0`` with no more images than kept
         dimensions, or constant channels); the model is then left as it was.
         """
-        batches = [embeddings] if isinstance(embeddings, Tensor) else embeddings
-        count, grid, shift, total, outer = 0, None, None, None, None
+        if isinstance(embeddings, Tensor):
+            self._check_embeddings(embeddings)
+            mean, whitening = self._fit_tensor(embeddings, dtype, store_dtype)
+            grid = tuple(embeddings.shape[2:])
+        else:
+            mean, whitening, grid = self._fit_stream(embeddings, dtype, store_dtype)
+        self.mean, self.whitening = mean, whitening
+        self.grid = torch.tensor(grid, dtype=torch.long, device=mean.device)
+        return self
+
+    def _fit_tensor(self, embeddings: Tensor, dtype: torch.dtype,
+                    store_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Mean ``(P, C)`` and ``W`` ``(P, C, C)`` in ``store_dtype`` from one ``(N, F, H, W)``
+        tensor, piece by piece of positions, every temporary in ``dtype`` and piece-sized."""
+        n, _, h, w = embeddings.shape
+        self._check_count(n)
+        mean = embeddings.new_empty(h * w, self.n_dims, dtype=store_dtype)
+        whitening = embeddings.new_empty(h * w, self.n_dims, self.n_dims, dtype=store_dtype)
+        for part, x in self._chunks(embeddings, dtype):
+            centre = x.mean(dim=1, keepdim=True)
+            x -= centre
+            covariance = torch.bmm(x.mT, x).div_(n - 1)
+            self._factorise_into(whitening, part, covariance, (h, w), n)
+            mean[part] = centre.squeeze(1)
+        return mean, whitening
+
+    def _fit_stream(self, batches: Iterable[Tensor], dtype: torch.dtype,
+                    store_dtype: torch.dtype) -> tuple[Tensor, Tensor, tuple[int, int]]:
+        """Mean ``(P, C)``, ``W`` ``(P, C, C)`` (both ``store_dtype``) and the grid ``(H, W)``
+        from batches consumed once; the Gram matrices are summed in the buffer that ends up
+        holding ``W``."""
+        count, grid, shift, total, gram = 0, None, None, None, None
         for batch in batches:
             self._check_embeddings(batch)
             if grid is None:
                 grid = tuple(batch.shape[2:])
                 positions = grid[0] * grid[1]
-                shift = batch.new_zeros(positions, 1, self.n_dims, dtype=dtype)
+                shift = batch.new_zeros(positions, 1, self.n_dims, dtype=torch.float64)
                 total = torch.zeros_like(shift)
-                outer = batch.new_zeros(positions, self.n_dims, self.n_dims, dtype=dtype)
+                gram = batch.new_zeros(positions, self.n_dims, self.n_dims, dtype=store_dtype)
             elif tuple(batch.shape[2:]) != grid:
                 raise ValueError(f"training batches disagree on the grid: {grid} then {tuple(batch.shape[2:])}")
             for part, x in self._chunks(batch, dtype):
                 if count == 0:
                     shift[part] = x.mean(dim=1, keepdim=True)
-                x -= shift[part]
+                x -= shift[part].to(dtype)
                 total[part] += x.sum(dim=1, keepdim=True)
-                outer[part].baddbmm_(x.transpose(1, 2), x)
+                gram[part] += torch.bmm(x.mT, x)
             count += batch.shape[0]
+        self._check_count(count)
+        offset = total / count                                             # (P, 1, C), float64
+        step = self._step(0, gram.device)
+        for start in range(0, gram.shape[0], step):
+            part = slice(start, start + step)
+            centre = offset[part].to(dtype)
+            covariance = gram[part].to(dtype).baddbmm_(centre.mT, centre, alpha=-count).div_(count - 1)
+            self._factorise_into(gram, part, covariance, grid, count)
+        return (shift + offset).squeeze(1).to(store_dtype), gram, grid
+
+    @staticmethod
+    def _check_count(count: int) -> None:
         if count < 2:
             raise ValueError(f"fitting needs at least 2 training images, got {count}")
-        offset = total / count
-        covariance = outer.baddbmm_(offset.transpose(1, 2), offset, alpha=-count).div_(count - 1)
+
+    def _factorise_into(self, whitening: Tensor, part: slice, covariance: Tensor,
+                        grid: tuple[int, int], count: int) -> None:
+        """Add ``eps I`` to the ``(p, C, C)`` covariances of the positions ``part``, check them and
+        write their ``W`` into ``whitening[part]`` (any dtype)."""
         covariance.diagonal(dim1=1, dim2=2).add_(float(self.eps))
         if not torch.isfinite(covariance).all():
             raise ValueError("training embeddings contain NaN or inf values (the covariance is not finite); "
                              "check the backbone's input images and features")
-        whitening = torch.empty(covariance.shape, dtype=store_dtype, device=covariance.device)
-        identity = torch.eye(self.n_dims, dtype=dtype, device=covariance.device)
-        chunk = max(1, 2**23 // self.n_dims**2)  # positions per step: ~64 MB of float64 temporaries
-        for start in range(0, covariance.shape[0], chunk):
-            cholesky, info = torch.linalg.cholesky_ex(covariance[start:start + chunk])
-            if info.any():
-                raise self._singular_covariance_error(start + int(info.nonzero()[0, 0]), grid, count)
-            whitening[start:start + chunk] = torch.linalg.solve_triangular(
-                cholesky, identity.expand_as(cholesky), upper=False)
-        self.mean = (shift + offset).squeeze(1).to(store_dtype)
-        self.whitening = whitening
-        self.grid = torch.tensor(grid, dtype=torch.long, device=self.mean.device)
-        return self
+        w, failed = whiten(covariance)
+        if failed.any():
+            raise self._singular_covariance_error(part.start + int(failed.nonzero()[0, 0]), grid, count)
+        whitening[part] = w
 
     def _singular_covariance_error(self, position: int, grid: tuple[int, int], count: int) -> ValueError:
         """The error for a ``Sigma + eps I`` without Cholesky factor at flat ``position`` of ``grid``,
@@ -182,9 +275,10 @@ class PaDiM(nn.Module):
     def forward(self, embeddings: Tensor) -> Tensor:
         """Mahalanobis distance of every test patch to its position's Gaussian, ``(B, H, W)``.
 
-        ``d = ||W x - W mu||``: batched matrix products over positions and images (with the
-        subtraction fused into them), in the stored dtype, on the model's device (the
-        embeddings are moved there). NaN or inf in the kept channels raise ``ValueError``.
+        ``d = ||W (x - mu)||``: the subtraction first (exact for nearby floats, so means far
+        larger than the spread lose no digits), then batched matrix products over positions and
+        images, in the stored dtype, on the model's device (the embeddings are moved there).
+        NaN or inf in the kept channels raise ``ValueError``.
         """
         self._check_fitted()
         self._check_embeddings(embeddings)
@@ -194,9 +288,8 @@ class PaDiM(nn.Module):
                              f"{'x'.join(map(str, self.grid.tolist()))}")
         out = self.whitening.new_empty(h * w, b)
         for part, x in self._chunks(embeddings, self.whitening.dtype, self.whitening.device):
-            w_t = self.whitening[part].transpose(1, 2)
-            w_mu = torch.bmm(self.mean[part, None, :], w_t)                        # (p, 1, C)
-            z = torch.baddbmm(w_mu, x, w_t, beta=-1)                               # (p, B, C)
+            x -= self.mean[part, None, :]
+            z = torch.bmm(x, self.whitening[part].mT)                              # (p, B, C)
             out[part] = torch.linalg.vector_norm(z, dim=2)
         not_finite = ~torch.isfinite(out)
         if not_finite.any():
