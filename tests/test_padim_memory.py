@@ -53,10 +53,12 @@ def reference(train: torch.Tensor, test: torch.Tensor, eps: float = 0.01) -> tup
 def test_blocked_whitening_matches_lapack(c):
     s = spd(5, c)
     w, failed = whiten(s)
-    expected = torch.linalg.inv(torch.linalg.cholesky(s))
+    # references from NumPy: torch's batched LU inverse can fail inside MKL after the thread
+    # count changed in the same process (another test does that)
+    expected = torch.from_numpy(np.linalg.inv(np.linalg.cholesky(s.numpy())))
     assert not failed.any() and torch.equal(w, w.tril())
     torch.testing.assert_close(w, expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(w.mT @ w, torch.linalg.inv(s), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(w.mT @ w, torch.from_numpy(np.linalg.inv(s.numpy())), rtol=1e-9, atol=1e-10)
 
 
 def test_blocked_whitening_flags_the_matrices_without_cholesky_factor():
@@ -106,9 +108,10 @@ def test_fit_and_scoring_leave_the_embeddings_alone():
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS reset needs Linux")
 @pytest.mark.parametrize("batch", [None, 10])
 def test_fit_peak_memory_is_at_most_1_5x_the_stored_gaussians(batch):
-    spec = {"dims": 100, "side": 48, "n_train": 100, "batch": batch, "threads": 1}
+    # 64 x 64 positions: large enough that the interpreter's fixed ~30 MB is not what is measured
+    spec = {"dims": 100, "side": 64, "n_train": 100, "batch": batch, "threads": 1}
     done = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_padim", "--worker", json.dumps(spec)],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     peak_mb = json.loads(done.stdout.strip().splitlines()[-1])["fit_peak_mb"]
-    stored_mb = 48 * 48 * 100 * 101 * 4 / 2**20
+    stored_mb = 64 * 64 * 100 * 101 * 4 / 2**20
     assert peak_mb <= 1.5 * stored_mb, f"fit peak {peak_mb:.0f} MB for {stored_mb:.0f} MB of Gaussians"
