@@ -8,7 +8,7 @@ import torch
 matplotlib.use("Agg")
 
 from tools import scoreboard  # noqa: E402
-from utils import results, viz  # noqa: E402
+from utils import config, results, viz  # noqa: E402
 
 
 def test_to_numpy_image_accepts_layouts_and_rejects_normalised():
@@ -93,3 +93,12 @@ def test_recorded_values_keep_four_significant_digits_whatever_the_thread_count(
 def test_book_style_sets_dpi_and_colormap():
     viz.use_book_style()
     assert matplotlib.rcParams["figure.dpi"] == viz.DPI and matplotlib.rcParams["image.cmap"] == viz.CMAP
+
+
+def test_a_smoke_run_records_nothing_and_accepts_nan(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.RESULTS_ENV, str(tmp_path))
+    smoke = config.Run(config.get_profile("full"), 0, torch.device("cpu"), None, smoke=True)
+    row = results.record("03_gradcam", "rank correlation of a constant map", float("nan"), run=smoke)
+    assert row["status"].startswith("smoke run") and list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="finite"):
+        results.record("03_gradcam", "rank correlation of a constant map", float("nan"), run=None)

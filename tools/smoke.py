@@ -94,6 +94,7 @@ def write_stand_in_weights(torch_home: Path) -> list[str]:
 
     folder = torch_home / "hub" / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)  # the same stand-ins every run, so a smoke failure can be reproduced
     written = []
     for name, enum_name in TORCHVISION_MODELS.items():
         versions = list(getattr(torchvision.models, enum_name))

@@ -54,7 +54,8 @@ def record(chapter: str, claim: str, ours: float, paper: float | None = None, un
 
     ``chapter`` is the notebook's stem (e.g. ``"02_cam"``). Chapters pass ``run=RUN``, which
     sets ``profile`` from the run; in a smoke run (:attr:`utils.config.Run.smoke`) nothing is
-    written, because its numbers come from a handful of images. Returns the row.
+    written and the measured value is not checked (it comes from random weights and a handful of
+    images, and may even be NaN). Returns the row.
     """
     if run is not None:
         profile = run.profile.name
@@ -67,13 +68,14 @@ def record(chapter: str, claim: str, ours: float, paper: float | None = None, un
     if paper is not None and not math.isfinite(float(paper)):
         raise ValueError(f"{chapter}/{claim}: the paper's value must be finite or None, got {paper}")
     ours = float(ours)
+    if run is not None and run.smoke:  # random weights, a handful of images: a NaN is possible and means nothing
+        return {"claim": claim, "ours": ours, "paper": paper, "unit": unit, "profile": profile, "note": note,
+                "status": "smoke run: not recorded"}
     if not math.isfinite(ours):
         raise ValueError(f"{chapter}/{claim}: measured value must be finite, got {ours}")
     row = {"claim": claim, "ours": significant(ours), "paper": None if paper is None else float(paper),
            "unit": unit, "profile": profile, "note": note,
            "status": status_of(ours, paper, profile, tolerance)}
-    if run is not None and run.smoke:
-        return row
     path = results_dir() / f"{chapter}.{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = _read(path) if path.exists() else []
