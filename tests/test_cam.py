@@ -162,3 +162,11 @@ def test_cam_to_boxes_bad_inputs():
         cam_to_boxes(np.ones((2, 2)), 20)
     with pytest.raises(ValueError, match=r"\(H, W\) or \(B, H, W\)"):
         cam_to_boxes(np.ones(4), 0.2)
+
+
+def test_threshold_one_keeps_the_whole_plateau_of_maxima():
+    cam_map = np.zeros((6, 8))
+    cam_map[1:4, 2:7] = 0.5
+    cam_map[2:4, 3:6] = 1.0          # a 2 x 3 plateau at the maximum
+    assert cam_to_boxes(cam_map, rel_threshold=1.0) == (3, 2, 6, 4)
+    assert cam_to_boxes(cam_map, rel_threshold=0.5) == (2, 1, 7, 4)
