@@ -4,6 +4,7 @@ short, pause between pieces or look at the cache folder in the middle of a trans
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import http.server
 import io
@@ -231,11 +232,26 @@ def test_cache_folder_that_cannot_be_created_names_it_and_the_variable(server):
     assert server.hits["/file.bin"] == 0
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
-def test_read_only_cache_folder_names_it_and_the_variable(server):
+def _refuse_writes_under(folder: Path, monkeypatch) -> None:
+    """Make ``registry``'s ``open`` fail with EACCES for files in ``folder``, as a read-only folder
+    does for a normal user (root ignores the permission bits, so this is how the test runs as root)."""
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if Path(file).parent == folder and set(mode) & set("wax+"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return open(file, mode, *args, **kwargs)
+    monkeypatch.setattr(registry, "open", guarded_open, raising=False)
+
+
+@pytest.mark.parametrize("how", ["permissions", "simulated"])
+def test_read_only_cache_folder_names_it_and_the_variable(server, monkeypatch, how):
+    if how == "permissions" and hasattr(os, "geteuid") and os.geteuid() == 0:
+        pytest.skip("root ignores file permissions (the 'simulated' case covers it)")
     _register(server, serve(PAYLOAD, len(PAYLOAD)))
     _downloads().mkdir()
-    _downloads().chmod(0o555)
+    if how == "permissions":
+        _downloads().chmod(0o555)
+    else:
+        _refuse_writes_under(_downloads(), monkeypatch)
     try:
         with pytest.raises(PermissionError, match=rf"cannot write to the cache folder {re.escape(str(_downloads()))} "
                                                   r".*set \$CVBOOK_CACHE"):
@@ -243,6 +259,7 @@ def test_read_only_cache_folder_names_it_and_the_variable(server):
     finally:
         _downloads().chmod(0o755)
     assert server.hits["/file.bin"] == 0
+    assert os.listdir(_downloads()) == []
 
 
 # --- the data directory -------------------------------------------------------------------------
