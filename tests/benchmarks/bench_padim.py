@@ -37,11 +37,16 @@ fit cannot reuse it unseen, and a tiny fit has loaded the libraries' code before
     {"machine": {"torch": str, "threads": int, "cpu": str, "date": "YYYY-MM-DD",
                  "matmul64_gflops": float},
      "rows": [{"side": int, "positions": int, "dims": int, "n_train": int,
-               "fit_seconds": float, "fit_peak_mb": float, "stored_mb": float,
+               "fit_seconds": float, "fit_gflops": float, "fit_peak_mb": float, "stored_mb": float,
                "reference_fit_seconds": float | null, "reference_extrapolated": bool}, ...],
+     "bounds": {"<dims>": {"gram_gflops": float, "whiten_gflops": float,
+                           "lapack_cholesky_gflops": float}, ...},
      "skipped": [{"side": int, "positions": int, "dims": int, "reason": str}, ...]}
 
 ``fit_*``: the packaged fit on one ``(n_train, dims, side, side)`` float32 tensor;
+``fit_gflops``: the fit's rate (flop counts above; compare with ``matmul64_gflops``);
+``bounds``: per ``dims``, the rates of the fit's two parts measured alone on one piece of 56x56
+positions (the Gram products and the whitening) and of LAPACK's batched Cholesky inside it;
 ``reference_fit_seconds``: the source's ``np.cov`` + ``np.linalg.inv`` loops (Gaussians ready
 to score), extrapolated linearly from a subset of positions when ``reference_extrapolated``.
 The PaDiM chapter (``notebooks/06_padim.ipynb``) explains the method.
@@ -385,10 +390,15 @@ def scaling(path: Path = SCALING_JSON) -> dict[str, Any]:
     """Fit time and peak memory for every side in :data:`SCALING_SIDES` and dims in
     :data:`SCALING_DIMS` (``SCALING_TRAIN`` images), with the reference loops; write ``path``."""
     facts = machine_facts()
-    rows, skipped, rates = [], [], {}
+    rows, skipped, rates, limits = [], [], {}, {}
     print(f"PaDiM scaling, {SCALING_TRAIN} training images; {facts['cpu']}, {facts['threads']} threads, "
           f"float64 matmul {facts['matmul64_gflops']:.1f} GFLOP/s")
     for dims in SCALING_DIMS:
+        measured = bounds(Size(dims=dims, side=56, n_train=SCALING_TRAIN))
+        limits[str(dims)] = {key: round(measured[key], 2)
+                             for key in ("gram_gflops", "whiten_gflops", "lapack_cholesky_gflops")}
+        print(f"  {dims} dims, alone on one piece: Gram {measured['gram_gflops']:.1f}, whitening "
+              f"{measured['whiten_gflops']:.1f}, LAPACK Cholesky {measured['lapack_cholesky_gflops']:.1f} GFLOP/s")
         for side in SCALING_SIDES:
             positions = side * side
             rate = rates.get(dims, 0.1 * facts["matmul64_gflops"])  # the last row's, else 10% of matmul
@@ -402,14 +412,15 @@ def scaling(path: Path = SCALING_JSON) -> dict[str, Any]:
             rates[dims] = fit_gflop(positions, SCALING_TRAIN, dims) / fit["fit_seconds"]
             ref_s, extrapolated = reference_ready_seconds(SCALING_TRAIN, dims, positions)
             row = {"side": side, "positions": positions, "dims": dims, "n_train": SCALING_TRAIN,
-                   "fit_seconds": round(fit["fit_seconds"], 4), "fit_peak_mb": round(fit["fit_peak_mb"], 1),
+                   "fit_seconds": round(fit["fit_seconds"], 4), "fit_gflops": round(rates[dims], 2),
+                   "fit_peak_mb": round(fit["fit_peak_mb"], 1),
                    "stored_mb": round(stored_mb(positions, dims), 1),
                    "reference_fit_seconds": round(ref_s, 3), "reference_extrapolated": extrapolated}
             rows.append(row)
             print(f"  {side}x{side}, {dims:3d} dims: fit {row['fit_seconds']:7.2f} s, peak {row['fit_peak_mb']:7.0f} MB "
                   f"for {row['stored_mb']:7.0f} MB stored ({row['fit_peak_mb'] / row['stored_mb']:.2f}x); "
                   f"reference np.cov + inv {ref_s:7.1f} s{' (EXTRAPOLATED)' if extrapolated else ''}")
-    data = {"machine": facts, "rows": rows, "skipped": skipped}
+    data = {"machine": facts, "rows": rows, "bounds": limits, "skipped": skipped}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
     print(f"  wrote {path.relative_to(ROOT)}")
