@@ -56,6 +56,14 @@ def test_record_appends_replaces_and_sets_status():
     assert full == {"auroc": "reproduced", "gap claim": "gap"}
 
 
+def test_profile_independent_values_are_compared_in_the_tiny_profile():
+    results.record("99_test", "count", 568.7, paper=569, profile="tiny", tolerance=1.0, profile_independent=True)
+    results.record("99_test", "typo", 1.91, paper=1.19, profile="tiny", tolerance=0.005, profile_independent=True)
+    results.record("99_test", "trained", 0.9, paper=0.9, profile="tiny")
+    status = {r["claim"]: r["status"] for r in results.load_all()["99_test.tiny"]}
+    assert status == {"count": "reproduced", "typo": "gap", "trained": "not comparable (tiny profile)"}
+
+
 def test_record_rejects_bad_input():
     with pytest.raises(ValueError, match="unknown profile"):
         results.record("99_test", "x", 1.0, profile="medium")

@@ -33,29 +33,34 @@ def results_dir() -> Path:
     return Path(os.environ.get(RESULTS_ENV) or default)
 
 
-def status_of(ours: float, paper: float | None, profile: str, tolerance: float | None) -> str:
+def status_of(ours: float, paper: float | None, profile: str, tolerance: float | None,
+              profile_independent: bool = False) -> str:
     """How a measurement compares with the paper.
 
-    ``ours only`` without a paper number; ``not comparable`` in the tiny profile
-    (different data and backbone); otherwise ``reproduced`` when within ``tolerance``
-    (default 2% of the paper's value) and ``gap`` when not.
+    ``ours only`` without a paper number; ``not comparable`` in the tiny profile (different
+    data and backbone) unless the value is ``profile_independent`` (e.g. a count by formula,
+    the same in every profile); otherwise ``reproduced`` when within ``tolerance`` (default
+    2% of the paper's value) and ``gap`` when not.
     """
     if paper is None:
         return "ours only"
-    if profile != "full":
+    if profile != "full" and not profile_independent:
         return "not comparable (tiny profile)"
     allowed = 0.02 * abs(paper) if tolerance is None else tolerance
     return "reproduced" if abs(ours - paper) <= allowed else "gap"
 
 
 def record(chapter: str, claim: str, ours: float, paper: float | None = None, unit: str | None = None,
-           profile: str = "tiny", note: str = "", tolerance: float | None = None, run: Run | None = None) -> dict:
+           profile: str = "tiny", note: str = "", tolerance: float | None = None, run: Run | None = None,
+           profile_independent: bool = False) -> dict:
     """Store one measured value (and the paper's, when it has one) for ``chapter``'s ``claim``.
 
     ``chapter`` is the notebook's stem (e.g. ``"02_cam"``). Chapters pass ``run=RUN``, which
     sets ``profile`` from the run; in a smoke run (:attr:`utils.config.Run.smoke`) nothing is
     written and the measured value is not checked (it comes from random weights and a handful of
-    images, and may even be NaN). Returns the row.
+    images, and may even be NaN). ``profile_independent``: the value does not depend on the
+    profile (a count by formula, a parameter count), so it is compared with the paper's in every
+    profile. Returns the row.
     """
     if run is not None:
         profile = run.profile.name
@@ -75,7 +80,7 @@ def record(chapter: str, claim: str, ours: float, paper: float | None = None, un
         raise ValueError(f"{chapter}/{claim}: measured value must be finite, got {ours}")
     row = {"claim": claim, "ours": significant(ours), "paper": None if paper is None else float(paper),
            "unit": unit, "profile": profile, "note": note,
-           "status": status_of(ours, paper, profile, tolerance)}
+           "status": status_of(ours, paper, profile, tolerance, profile_independent)}
     path = results_dir() / f"{chapter}.{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = _read(path) if path.exists() else []
