@@ -178,6 +178,25 @@ def _status_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+class PeakRSS:
+    """Peak resident memory added inside a ``with`` block: ``.megabytes`` (MB) after it (Linux).
+
+    On entry glibc's free heap memory goes back to the system (so the block cannot reuse it
+    unseen) and the kernel's high-water mark is reset to the current resident size
+    (``/proc/self/clear_refs``); on exit the peak (``VmHWM``) minus the size at entry is read.
+    """
+
+    def __enter__(self) -> "PeakRSS":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        self.start = _status_bytes("VmRSS")
+        self.megabytes = float("nan")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.megabytes = (_status_bytes("VmHWM") - self.start) / 2**20
+
+
 def fit_worker(spec: dict[str, Any]) -> dict[str, float]:
     """Fit once on fresh embeddings ``spec`` = {dims, side, n_train, batch (None: one tensor),
     threads}; return {fit_seconds, fit_peak_mb (peak resident MB above the level before the fit)}.
@@ -187,13 +206,11 @@ def fit_worker(spec: dict[str, Any]) -> dict[str, float]:
     batches = train if spec["batch"] is None else train.split(spec["batch"])  # views: no new memory
     model = PaDiM(spec["dims"])
     PaDiM(spec["dims"]).fit(random_embeddings(spec["dims"] + 1, spec["dims"], 1, 2).split(spec["dims"] // 2 + 1))
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # free heap memory back to the OS: the fit can't reuse it unseen
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
-    before = _status_bytes("VmRSS")
-    t0 = time.perf_counter()
-    model.fit(batches)
-    seconds = time.perf_counter() - t0
-    return {"fit_seconds": seconds, "fit_peak_mb": (_status_bytes("VmHWM") - before) / 2**20}
+    with PeakRSS() as peak:
+        t0 = time.perf_counter()
+        model.fit(batches)
+        seconds = time.perf_counter() - t0
+    return {"fit_seconds": seconds, "fit_peak_mb": peak.megabytes}
 
 
 def measure_fit(dims: int, side: int, n_train: int, batch: int | None = None) -> dict[str, float]:
