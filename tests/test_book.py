@@ -124,3 +124,22 @@ def test_committed_scoreboard_matches_results(monkeypatch):
     monkeypatch.delenv("CVBOOK_RESULTS")
     expected = scoreboard.render(results.load_all())
     assert (ROOT / "book" / "scoreboard.md").read_text() == expected, "run `make scoreboard` and commit"
+
+
+def test_run_times_have_one_source_each():
+    """Every chapter header and the Setup page show the tiny run time and the full-profile estimate
+    through substitutions, defined once (measured stamps and ``FULL_ESTIMATES``)."""
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from runtimes import FULL_ESTIMATES, full_estimates
+
+    stems = [p.stem for p in NOTEBOOKS]
+    assert sorted(FULL_ESTIMATES) == stems
+    assert all(value.endswith("(an estimate: not yet run)") for value in full_estimates().values())
+    setup = (ROOT / "book" / "setup.md").read_text()
+    for path in NOTEBOOKS:
+        header = "".join(nbformat.read(path, as_version=4).cells[0].source)
+        for name in (f"runtime_{path.stem}", f"full_estimate_{path.stem}"):
+            assert f"{{{{ {name} }}}}" in header, f"{path.name}: the header must use {{{{ {name} }}}}"
+            assert f"{{{{ {name} }}}}" in setup, f"setup.md must use {{{{ {name} }}}}"
+        assert not re.search(r"full profile[^.]*\b(minutes|hours?)\b", " ".join(header.split())), \
+            f"{path.name}: a full-profile run time typed in the header instead of the substitution"
