@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 CMAP = "magma"
-#: Width of the book's content column in inches at the book's dpi (780 px at 100 dpi):
-#: figures are created at most this wide so that they are shown at their natural size.
-COLUMN_INCHES = 7.8
+#: Width figures are created at, in inches at the book's dpi: 760 px at 100 dpi, plus the ~10 px
+#: of padding the inline backend's tight bounding box adds, stays under the ~790 px content
+#: column, so figures are shown at their natural size (tests/test_built_html.py checks it).
+COLUMN_INCHES = 7.6
 DPI = 100
 
 
@@ -110,7 +111,7 @@ def draw_box(ax: plt.Axes, box: Sequence[float], color: str = "lime", label: str
 
 def use_book_style() -> None:
     """Book-wide figure defaults: the book's colormap, :data:`DPI` and font sizes that stay
-    legible in the ~780 px content column when a figure is at most :data:`COLUMN_INCHES` wide."""
+    legible in the ~790 px content column when a figure is at most :data:`COLUMN_INCHES` wide."""
     matplotlib.rcParams.update({"figure.dpi": DPI, "image.cmap": CMAP, "font.size": 10,
                                 "axes.titlesize": 10, "figure.titlesize": 11, "legend.fontsize": 9})
 
