@@ -25,8 +25,9 @@ Every number below was measured by a notebook of this book and written by
 CPU profile (generated data, EfficientNet-Lite0), so they are **not comparable** to the
 papers' numbers even where a paper value is shown for orientation, except for values that do
 not depend on the profile (the MobileNet chapter's counts by formula), which are compared in
-any profile; *full* rows come from the paper's own setting. Status: `reproduced` (within tolerance of the paper), `gap`
-(outside it; the chapter explains why), `not comparable (tiny profile)`, `ours only`.
+any profile; *full* rows come from the paper's own setting. Status: `reproduced` (within
+tolerance of the paper), `gap` (outside it; the chapter explains why), `not comparable (tiny
+profile)`, `ours only`.
 
 """
 

@@ -95,8 +95,9 @@ def fetch_for(run: config.Run, name: str) -> Path:
     In a smoke run (``SMOKE=True``: random stand-in weights, generated data) a file of that
     name in the data folder is a stand-in written by ``tools/smoke.py`` and is used unverified.
     """
-    if run.smoke and run.data_dir is not None and (run.data_dir / lookup(name).filename).is_file():
-        return run.data_dir / lookup(name).filename
+    stand_in = run.data_dir / lookup(name).filename if run.smoke and run.data_dir is not None else None
+    if stand_in is not None and stand_in.is_file():
+        return stand_in
     return fetch(name, run.data_dir, offline=run.profile.offline)
 
 

@@ -135,9 +135,8 @@ def _digest_problem(entry: RemoteFile, digest: str) -> str | None:
     return None
 
 
-def _stamp(entry: RemoteFile, path: Path) -> str:
-    """The marker text for a verified ``path``: expected digest, size (bytes), mtime (ns)."""
-    stat = path.stat()
+def _stamp(entry: RemoteFile, stat: os.stat_result) -> str:
+    """The marker text for a verified file with ``stat``: expected digest, size (bytes), mtime (ns)."""
     return f"{entry.sha256} {stat.st_size} {stat.st_mtime_ns}\n"
 
 
@@ -156,10 +155,10 @@ def _user_marker(path: Path) -> Path | None:
         return None
 
 
-def _is_remembered(entry: RemoteFile, path: Path, marker: Path | None) -> bool:
-    """True when ``marker`` says ``path``, with its current size and mtime, was verified."""
+def _is_remembered(marker: Path | None, stamp: str) -> bool:
+    """True when ``marker`` holds ``stamp``: the file, with its current size and mtime, was verified."""
     try:
-        return marker is not None and marker.read_text() == _stamp(entry, path)
+        return marker is not None and marker.read_text() == stamp
     except OSError:
         return False
 
@@ -176,10 +175,11 @@ def _remember(marker: Path | None, stamp: str) -> None:
 def _verify(entry: RemoteFile, path: Path, marker: Path | None) -> str | None:
     """None when ``path`` matches ``entry`` (size first, then SHA-256, hashed only when
     ``marker`` does not already vouch for it); otherwise what is wrong."""
-    if _is_remembered(entry, path, marker):
+    stat = path.stat()
+    stamp = _stamp(entry, stat)
+    if _is_remembered(marker, stamp):
         return None
-    stamp = _stamp(entry, path)
-    problem = _size_problem(entry, path.stat().st_size) or _digest_problem(entry, sha256_of(path))
+    problem = _size_problem(entry, stat.st_size) or _digest_problem(entry, sha256_of(path))
     if problem is None:
         _remember(marker, stamp)
     return problem
@@ -309,7 +309,7 @@ def _download(entry: RemoteFile, target: Path, how: str, timeout: float) -> None
         if problem:
             raise ChecksumError(f"{entry.name}: {entry.filename} {problem}; "
                                 f"the download was discarded, try again or {how}")
-    _remember(_marker(target), _stamp(entry, target))
+    _remember(_marker(target), _stamp(entry, target.stat()))
 
 
 # --- fetch --------------------------------------------------------------------------------------
@@ -365,8 +365,9 @@ def fetch(name: str, data_dir: str | os.PathLike | None = None, offline: bool = 
     if root is not None and (root / entry.filename).is_file():
         return _user_copy(entry, root / entry.filename)
     target = config.cache_dir() / "downloads" / entry.filename
-    if _is_remembered(entry, target, _marker(target)):
-        return target
+    with contextlib.suppress(OSError):  # a missing file has no stat, and is not remembered
+        if _is_remembered(_marker(target), _stamp(entry, target.stat())):
+            return target
     how = (f"download it from {entry.url} (licence: {entry.licence}) and put it in "
            f"{target.parent} or in the folder named by ${config.DATA_ENV}")
     if offline and not target.is_file():

@@ -57,13 +57,12 @@ import argparse
 import ctypes
 import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -275,10 +274,11 @@ def _reference_ready_loop(n: int, dims: int, positions: int) -> float:
 
 # --- what bounds the rates ------------------------------------------------------------------------
 
-def bounds(size: Size) -> dict[str, float]:
-    """Rates (GFLOP/s) of the fit's and the scoring's pieces measured alone on the shapes of one
-    piece of ``size``'s positions (as :class:`PaDiM` cuts them), and memory bandwidth (GB/s)."""
-    c, n, nt = size.dims, size.n_train, max(size.n_test, 1)
+def fit_bounds(size: Size) -> tuple[dict[str, float], torch.Tensor]:
+    """Rates (GFLOP/s) of the fit's parts measured alone on the shapes of one piece of ``size``'s
+    positions (as :class:`PaDiM` cuts them): Gram products, whitening, and LAPACK's Cholesky and
+    triangular solve inside it; also returns the piece's ``W`` (float64, ``(p, C, C)``)."""
+    c, n = size.dims, size.n_train
     p = min(size.positions, PaDiM(c)._step(n, torch.device("cpu")))
     x = torch.randn(p, n, c, dtype=torch.float64)
     t_gram, gram = timed(lambda: torch.bmm(x.mT, x), 3)
@@ -287,16 +287,22 @@ def bounds(size: Size) -> dict[str, float]:
     t_chol, (factor, _) = timed(lambda: torch.linalg.cholesky_ex(cov), 3)
     identity = torch.eye(c, dtype=torch.float64).expand_as(cov).contiguous()
     t_trsm, _ = timed(lambda: torch.linalg.solve_triangular(factor, identity, upper=False), 3)
-    xt, w32 = torch.randn(p, nt, c), w.float()
-    t_score, _ = timed(lambda: torch.bmm(xt, w32.mT), 3)
     return {
         "gram_gflops": 2 * p * n * c**2 / t_gram / 1e9,
         "whiten_gflops": 2 * p * c**3 / 3 / t_whiten / 1e9,
         "lapack_cholesky_gflops": p * c**3 / 3 / t_chol / 1e9,
         "lapack_chol_trsm_gflops": 2 * p * c**3 / 3 / (t_chol + t_trsm) / 1e9,
-        "score_bmm_gflops": 2 * p * nt * c**2 / t_score / 1e9,
-        "copy_gbs": copy_gbs(),
-    }
+    }, w
+
+
+def bounds(size: Size) -> dict[str, float]:
+    """:func:`fit_bounds`, plus the scoring's batched product on the same piece (GFLOP/s) and
+    memory bandwidth (GB/s)."""
+    rates, w = fit_bounds(size)
+    p, c, nt = w.shape[0], size.dims, max(size.n_test, 1)
+    xt, w32 = torch.randn(p, nt, c), w.float()
+    t_score, _ = timed(lambda: torch.bmm(xt, w32.mT), 3)
+    return {**rates, "score_bmm_gflops": 2 * p * nt * c**2 / t_score / 1e9, "copy_gbs": copy_gbs()}
 
 
 # --- the default comparison ------------------------------------------------------------------------
@@ -392,15 +398,17 @@ def check_goals(res: dict[str, float], memory: bool = True) -> None:
 
 # --- scaling and paper scale -----------------------------------------------------------------------
 
-def machine_facts() -> dict[str, Any]:
-    """torch version, threads, CPU model, date and the float64 matmul rate of this run."""
+def machine_facts(matmul_dtype: torch.dtype = torch.float64) -> dict[str, Any]:
+    """torch version, threads, CPU model, date and the matmul rate of this run in ``matmul_dtype``
+    (key ``matmul64_gflops`` for float64, ``matmul32_gflops`` for float32)."""
     cpu = platform.processor()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
-            "date": datetime.date.today().isoformat(), "matmul64_gflops": round(matmul_gflops(torch.float64), 2)}
+            "date": datetime.date.today().isoformat(),
+            f"matmul{torch.finfo(matmul_dtype).bits}_gflops": round(matmul_gflops(matmul_dtype), 2)}
 
 
 def scaling(path: Path = SCALING_JSON) -> dict[str, Any]:
@@ -411,7 +419,7 @@ def scaling(path: Path = SCALING_JSON) -> dict[str, Any]:
     print(f"PaDiM scaling, {SCALING_TRAIN} training images; {facts['cpu']}, {facts['threads']} threads, "
           f"float64 matmul {facts['matmul64_gflops']:.1f} GFLOP/s")
     for dims in SCALING_DIMS:
-        measured = bounds(Size(dims=dims, side=56, n_train=SCALING_TRAIN))
+        measured, _ = fit_bounds(Size(dims=dims, side=56, n_train=SCALING_TRAIN))
         limits[str(dims)] = {key: round(measured[key], 2)
                              for key in ("gram_gflops", "whiten_gflops", "lapack_cholesky_gflops")}
         print(f"  {dims} dims, alone on one piece: Gram {measured['gram_gflops']:.1f}, whitening "
