@@ -12,7 +12,7 @@ from scipy.spatial.distance import mahalanobis
 
 import utils.padim as padim_module
 from utils.anomaly import (anomaly_maps, concat_taps, embed, fit_pca, gaussian_blur, image_scores,
-                           knn_patch_scores, project, select_dims)
+                           knn_patch_scores, nearest_distances, project, select_dims)
 from utils.padim import PaDiM
 
 
@@ -210,6 +210,53 @@ def test_knn_patch_scores_match_brute_force(k):
     np.testing.assert_allclose(got.numpy().ravel(), expected, rtol=1e-4)
     with pytest.raises(ValueError, match="channels"):
         knn_patch_scores(train, random_embeddings(2, c=5))
+
+
+def k_smallest_distances(memory: torch.Tensor, queries: torch.Tensor, k: int) -> np.ndarray:
+    """Brute force in float64 with explicit differences: (Q, k) ascending."""
+    m, q = memory.double().numpy(), queries.double().numpy()
+    return np.stack([np.sort(np.sqrt(((m - x) ** 2).sum(1)))[:k] for x in q])
+
+
+@pytest.mark.parametrize("n,k,chunk", [(1, 1, 4), (63, 1, 5), (64, 3, 64), (65, 5, 7), (700, 1, 33),
+                                       (1000, 4, 1024), (130, 130, 9)])
+def test_nearest_distances_match_brute_force(n, k, chunk):
+    # sizes around the 64-vector tiles and 512-vector blocks, k above the number of tiles
+    g = torch.Generator().manual_seed(n)
+    memory, queries = torch.randn(n, 8, generator=g), torch.randn(40, 8, generator=g)
+    queries[:3] = memory[:3]                                   # distance exactly 0
+    np.testing.assert_allclose(nearest_distances(memory, queries, k, chunk).double().numpy(),
+                               k_smallest_distances(memory, queries, k), rtol=1e-5, atol=1e-6)
+
+
+def test_nearest_distances_exact_where_float32_products_cancel():
+    # vectors of norm ~400 whose neighbours differ by ~1e-2: ||m||^2 - 2 q.m loses about 3 digits
+    # in float32, more than the gaps between neighbours, so only the proven screen keeps the true one
+    g = torch.Generator().manual_seed(0)
+    centre = 50 * torch.ones(64)
+    memory = centre + 1e-2 * torch.randn(3000, 64, generator=g)
+    queries = centre + 1e-2 * torch.randn(200, 64, generator=g)
+    got = nearest_distances(memory, queries, 2, chunk=64).double().numpy()
+    np.testing.assert_allclose(got, k_smallest_distances(memory, queries, 2), rtol=1e-5)
+
+
+def test_nearest_distances_with_ties_and_float64():
+    memory = torch.ones(500, 8, dtype=torch.float64)             # every vector equally near
+    queries = torch.randn(9, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = nearest_distances(memory, queries, 3)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), k_smallest_distances(memory, queries, 3), rtol=1e-12)
+
+
+def test_nearest_distances_rejects_bad_input():
+    memory, queries = torch.randn(10, 4), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="must be"):
+        nearest_distances(memory, torch.randn(3, 5))
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_distances(memory, queries, k=11)
+    queries[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="queries must be finite"):
+        nearest_distances(memory, queries)
 
 
 def test_fit_pca_matches_sklearn():

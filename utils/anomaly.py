@@ -31,7 +31,7 @@ from .cam import upsample_maps
 from .models import extract_features, normalize
 
 __all__ = ["concat_taps", "embed", "select_dims", "gaussian_kernel", "gaussian_blur", "anomaly_maps",
-           "image_scores", "knn_patch_scores", "fit_pca", "project", "METRICS", "scores_of",
+           "image_scores", "knn_patch_scores", "nearest_distances", "fit_pca", "project", "METRICS", "scores_of",
            "score_batches", "evaluate"]
 
 
@@ -177,16 +177,14 @@ def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int | None 
     """SPADE-like patch scores: mean distance to the ``k`` nearest training patch vectors.
 
     ``train``: ``(N, C, H, W)`` embeddings of normal images, all ``N H W`` patch vectors form
-    the memory (any position); ``test``: ``(B, C, H', W')``. Test patches are processed
-    ``chunk`` at a time (default: as many as keep the ``chunk x N H W`` distance block near
-    2^22 values, 16 MB in float32: small enough to stay in the CPU's cache between the matrix
-    product that writes it and the search that reads it, which on 2 cores is about 1.5x faster
-    than 2^24). By default the distances are ``torch.cdist``'s, which uses matrix products
-    (``||a||^2 + ||b||^2 - 2 a.b``): in float32 a distance near 0 can be off by ~1e-3.
-    ``exact=True`` uses those products only to shortlist the ``k + 3`` nearest candidates
-    and recomputes their distances directly (``||a - b||``), so the result matches a
-    brute-force search to float rounding.
-    Returns ``(B, H', W')``. Unlike :class:`utils.padim.PaDiM`, time and memory grow with ``N``.
+    the memory (any position); ``test``: ``(B, C, H', W')``. Returns ``(B, H', W')``. Unlike
+    :class:`utils.padim.PaDiM`, time and memory grow with ``N``.
+
+    ``exact=False`` uses ``torch.cdist``'s distances, built from matrix products
+    (``||a||^2 + ||b||^2 - 2 a.b``): in float32 a distance near 0 can be off by ~1e-3. Test
+    patches go ``chunk`` at a time (default: a ``chunk x N H W`` block of about 2^22 values).
+    ``exact=True`` returns the brute-force result to float rounding, and faster
+    (:func:`nearest_distances`; ``chunk`` test patches at a time, default 1024).
     """
     if train.ndim != 4 or test.ndim != 4:
         raise ValueError(f"train and test must be (N, C, H, W), got {tuple(train.shape)} and {tuple(test.shape)}")
@@ -200,21 +198,97 @@ def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int | None 
         raise ValueError(f"k must be in [1, {memory.shape[0]}], got {k}")
     b, c, h, w = test.shape
     queries = test.permute(0, 2, 3, 1).reshape(-1, c).to(memory.dtype)
+    if exact:
+        return nearest_distances(memory, queries, k, chunk or 1024).mean(dim=1).reshape(b, h, w)
     chunk = chunk or max(1, 2**22 // memory.shape[0])
-    if not exact:
-        scores = torch.cat([torch.cdist(q, memory).topk(k, dim=1, largest=False).values.mean(dim=1)
-                            for q in queries.split(chunk)])
-        return scores.reshape(b, h, w)
-    shortlist = min(k + 3, memory.shape[0])
-    squared = memory.square().sum(dim=1)
+    scores = torch.cat([torch.cdist(q, memory).topk(k, dim=1, largest=False).values.mean(dim=1)
+                        for q in queries.split(chunk)])
+    return scores.reshape(b, h, w)
+
+
+TILE = 64    # memory vectors per tile: the screen keeps each tile's smallest product only
+BLOCK = 512  # memory vectors per matrix product: a chunk x BLOCK block stays in the CPU's cache
+
+
+@torch.no_grad()
+def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 1024) -> Tensor:
+    """Exact Euclidean distances from each query to its ``k`` nearest memory vectors, ascending.
+
+    ``memory``: ``(N, C)``; ``queries``: ``(Q, C)``, same dtype. Returns ``(Q, k)``, equal to a
+    brute-force search up to float rounding (ties may pick a different but equally near vector).
+
+    A screen, then an exact pass. The screen computes ``s(q, m) = ||m||^2 - 2 q.m`` (the squared
+    distance minus ``||q||^2``, which does not change the order) for all pairs with one matrix
+    product per ``chunk x BLOCK`` block and keeps only the minimum of each tile of ``TILE``
+    consecutive memory vectors (the last tile may be shorter).
+    Rounding moves each ``s`` by at most ``tau(q) = gamma_{C+1} (2 ||q|| R + 2 S)`` (``R``, ``S``:
+    the largest ``||m||`` and ``||m||^2``; ``gamma_n = n u / (1 - n u)``, ``u`` the unit
+    roundoff; the standard bound for a dot product summed in any order), doubled here for safety.
+    If ``v`` is the ``k``-th smallest tile minimum, ``k`` distinct vectors have screened values
+    ``<= v``, so the ``k`` true nearest have true ``s <= v + tau`` and screened ``s <= v + 2 tau``:
+    every tile whose minimum is above ``v + 2 tau`` is provably out. The remaining tiles (usually
+    one per query) are measured exactly as ``||q - m||``.
+    """
+    if memory.ndim != 2 or queries.ndim != 2 or memory.shape[1] != queries.shape[1]:
+        raise ValueError(f"memory and queries must be (N, C) and (Q, C), got {tuple(memory.shape)} "
+                         f"and {tuple(queries.shape)}")
+    if not 1 <= k <= memory.shape[0]:
+        raise ValueError(f"k must be in [1, {memory.shape[0]}], got {k}")
+    n, c = memory.shape
+    squared = torch.einsum("nc,nc->n", memory, memory)
+    _require_finite(squared, "memory")
+    eps = torch.finfo(memory.dtype).eps / 2
+    gamma = (c + 1) * eps / (1 - (c + 1) * eps)
+    top = squared.max()
+    radius = top.sqrt() * (1 + eps)
+    n_tiles = -(-n // TILE)
+    block = min(BLOCK, n)
+    buffer = memory.new_empty(min(chunk, len(queries)) * block)      # reused by every product
     out = []
-    block = memory.new_empty(min(chunk, len(queries)), memory.shape[0])  # reused: no allocation per chunk
     for q in queries.split(chunk):
-        approx = torch.addmm(squared, q, memory.T, alpha=-2, out=block[:len(q)])  # ||m||^2 - 2 q.m
-        candidates = approx.topk(shortlist, dim=1, largest=False).indices
-        exact_d = (q[:, None, :] - memory[candidates]).norm(dim=2)     # (chunk, shortlist)
-        out.append(exact_d.topk(k, dim=1, largest=False).values.mean(dim=1))
-    return torch.cat(out).reshape(b, h, w)
+        norms = q.norm(dim=1)
+        _require_finite(norms, "queries")
+        minima = memory.new_empty(len(q), n_tiles)
+        for start in range(0, n, block):
+            part = memory[start:start + block]
+            products = torch.addmm(squared[start:start + block], q, part.T, alpha=-2,
+                                   out=buffer[:len(q) * len(part)].view(len(q), -1))
+            whole = len(part) // TILE * TILE                  # only the last block has a partial tile
+            minima[:, start // TILE:(start + whole) // TILE] = products[:, :whole].view(len(q), -1, TILE).amin(dim=2)
+            if whole < len(part):
+                minima[:, -1] = products[:, whole:].amin(dim=1)
+        limit = (minima.topk(k, dim=1, largest=False).values[:, -1] if k <= n_tiles
+                 else minima.new_full((len(q),), float("inf")))
+        limit = limit + 4 * gamma * (2 * norms * radius + 2 * top)   # + 2 tau, doubled
+        out.append(_smallest_in_tiles(q, memory, minima <= limit[:, None], k))
+    return torch.cat(out)
+
+
+def _require_finite(norms: Tensor, name: str) -> None:
+    """Raise unless every (squared) norm is finite: no inf or nan, and no overflow in squares."""
+    if not torch.isfinite(norms).all():
+        raise ValueError(f"{name} must be finite, with squared norms below the dtype's maximum "
+                         f"(found inf or nan)")
+
+
+def _smallest_in_tiles(queries: Tensor, memory: Tensor, keep: Tensor, k: int) -> Tensor:
+    """The ``k`` smallest exact distances from each query ``(Q, C)`` to the memory vectors
+    ``(N, C)`` in the tiles (``TILE`` consecutive vectors each) that ``keep`` ``(Q, T)`` marks."""
+    rows, picked = keep.nonzero(as_tuple=True)          # row-major: each query's tiles together
+    per_tile = min(k, TILE)
+    offsets = torch.arange(TILE, device=memory.device)
+    group = max(1, 2**20 // (TILE * memory.shape[1]))  # pairs per step: 4 MB of float32 differences
+    best = []
+    for r, t in zip(rows.split(group), picked.split(group)):
+        index = t[:, None] * TILE + offsets                            # (pairs, TILE)
+        members = memory.index_select(0, index.clamp(max=len(memory) - 1).flatten()).view(*index.shape, -1)
+        d = (queries[r, None, :] - members).norm(dim=2)
+        best.append(d.masked_fill(index >= len(memory), float("inf")).topk(per_tile, dim=1, largest=False).values)
+    counts = torch.bincount(rows, minlength=len(queries))
+    slot = torch.arange(len(rows), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    table = queries.new_full((len(queries), int(counts.max()), per_tile), float("inf"))
+    table[rows, slot] = torch.cat(best)
+    return table.flatten(1).topk(k, dim=1, largest=False).values
 
 
 @torch.no_grad()
