@@ -183,7 +183,7 @@ def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int | None 
     ``exact=False`` uses ``torch.cdist``'s distances, built from matrix products
     (``||a||^2 + ||b||^2 - 2 a.b``): in float32 a distance near 0 can be off by ~1e-3. Test
     patches go ``chunk`` at a time (default: a ``chunk x N H W`` block of about 2^22 values).
-    ``exact=True`` returns the brute-force result to float rounding, and faster
+    ``exact=True`` returns the brute-force result to float rounding, and is faster on large memories
     (:func:`nearest_distances`; ``chunk`` test patches at a time, default 1024).
     """
     if train.ndim != 4 or test.ndim != 4:
