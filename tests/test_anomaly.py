@@ -248,6 +248,20 @@ def test_nearest_distances_with_ties_and_float64():
     np.testing.assert_allclose(got.numpy(), k_smallest_distances(memory, queries, 3), rtol=1e-12)
 
 
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_nearest_distances_exact_with_reduced_precision_products_allowed(precision):
+    # TF32 / bfloat16 products (GPU, some CPUs) widen the screen's bound instead of breaking it
+    g = torch.Generator().manual_seed(5)
+    memory, queries = torch.tanh(torch.randn(2000, 64, generator=g)), torch.tanh(torch.randn(50, 64, generator=g))
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        got = nearest_distances(memory, queries, 2)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    np.testing.assert_allclose(got.double().numpy(), k_smallest_distances(memory, queries, 2), rtol=1e-5)
+
+
 def test_nearest_distances_rejects_bad_input():
     memory, queries = torch.randn(10, 4), torch.randn(3, 4)
     with pytest.raises(ValueError, match="must be"):

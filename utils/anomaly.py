@@ -223,7 +223,8 @@ def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 
     consecutive memory vectors (the last tile may be shorter).
     Rounding moves each ``s`` by at most ``tau(q) = gamma_{C+1} (2 ||q|| R + 2 S)`` (``R``, ``S``:
     the largest ``||m||`` and ``||m||^2``; ``gamma_n = n u / (1 - n u)``, ``u`` the unit
-    roundoff; the standard bound for a dot product summed in any order), doubled here for safety.
+    roundoff of the product, larger when TF32 or bfloat16 products are allowed; the standard bound
+    for a dot product summed in any order), doubled here for safety.
     If ``v`` is the ``k``-th smallest tile minimum, ``k`` distinct vectors have screened values
     ``<= v``, so the ``k`` true nearest have true ``s <= v + tau`` and screened ``s <= v + 2 tau``:
     every tile whose minimum is above ``v + 2 tau`` is provably out. The remaining tiles (usually
@@ -237,7 +238,7 @@ def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 
     n, c = memory.shape
     squared = torch.einsum("nc,nc->n", memory, memory)
     _require_finite(squared, "memory")
-    eps = torch.finfo(memory.dtype).eps / 2
+    eps = _product_roundoff(memory.dtype)
     gamma = (c + 1) * eps / (1 - (c + 1) * eps)
     top = squared.max()
     radius = top.sqrt() * (1 + eps)
@@ -262,6 +263,17 @@ def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 
         limit = limit + 4 * gamma * (2 * norms * radius + 2 * top)   # + 2 tau, doubled
         out.append(_smallest_in_tiles(q, memory, minima <= limit[:, None], k))
     return torch.cat(out)
+
+
+def _product_roundoff(dtype: torch.dtype) -> float:
+    """Unit roundoff of a matrix product in ``dtype``. float32 products may run in TF32 (GPU) or
+    bfloat16 when ``torch.set_float32_matmul_precision`` (or ``allow_tf32``) permits it, and the
+    screen's bound must then use their precision (a wider screen, still exact)."""
+    u = torch.finfo(dtype).eps / 2
+    if dtype == torch.float32:
+        reduced = {"highest": 0.0, "high": 2.0**-11, "medium": 2.0**-8}[torch.get_float32_matmul_precision()]
+        u = max(u, reduced, 2.0**-11 if torch.backends.cuda.matmul.allow_tf32 else 0.0)
+    return u
 
 
 def _require_finite(norms: Tensor, name: str) -> None:
