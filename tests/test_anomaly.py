@@ -268,6 +268,9 @@ def test_nearest_distances_rejects_bad_input():
         nearest_distances(memory, torch.randn(3, 5))
     with pytest.raises(ValueError, match="k must be"):
         nearest_distances(memory, queries, k=11)
+    with pytest.raises(ValueError, match="share dtype"):
+        nearest_distances(memory, queries.double())
+    assert nearest_distances(memory, queries[:0], k=2).shape == (0, 2)
     queries[1, 2] = float("nan")
     with pytest.raises(ValueError, match="queries must be finite"):
         nearest_distances(memory, queries)

@@ -233,9 +233,14 @@ def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 
     if memory.ndim != 2 or queries.ndim != 2 or memory.shape[1] != queries.shape[1]:
         raise ValueError(f"memory and queries must be (N, C) and (Q, C), got {tuple(memory.shape)} "
                          f"and {tuple(queries.shape)}")
+    if memory.dtype != queries.dtype or memory.device != queries.device:
+        raise ValueError(f"memory and queries must share dtype and device, got {memory.dtype} on "
+                         f"{memory.device} and {queries.dtype} on {queries.device}")
     if not 1 <= k <= memory.shape[0]:
         raise ValueError(f"k must be in [1, {memory.shape[0]}], got {k}")
     n, c = memory.shape
+    if len(queries) == 0:
+        return memory.new_empty(0, k)
     squared = torch.einsum("nc,nc->n", memory, memory)
     _require_finite(squared, "memory")
     eps = _product_roundoff(memory.dtype)
