@@ -73,12 +73,14 @@ def spread_double_loop(scores: np.ndarray | torch.Tensor, k: int, stride: int,
     return total / np.maximum(count, 1)
 
 
-def knn_brute_force(memory: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Distance of each query ``(Q, D)`` to its nearest memory vector ``(M, D)``, in float64,
-    one query at a time with explicit differences (no matrix-product shortcut)."""
+def knn_brute_force(memory: np.ndarray | torch.Tensor, queries: np.ndarray | torch.Tensor, k: int = 1) -> np.ndarray:
+    """Distances of each query ``(Q, D)`` to its ``k`` nearest memory vectors ``(M, D)``, ascending,
+    ``(Q, k)`` (``(Q,)`` for the default ``k = 1``); float64, one query at a time with explicit
+    differences (no matrix-product shortcut)."""
     memory = np.asarray(memory, dtype=np.float64)
     queries = np.asarray(queries, dtype=np.float64)
-    return np.array([np.sqrt(((memory - q) ** 2).sum(axis=1)).min() for q in queries])
+    nearest = np.stack([np.sort(np.sqrt(((memory - q) ** 2).sum(axis=1)))[:k] for q in queries])
+    return nearest[:, 0] if k == 1 else nearest
 
 
 def knn_kdtree_per_row(train_codes: np.ndarray | torch.Tensor, test_codes: np.ndarray | torch.Tensor) -> np.ndarray:

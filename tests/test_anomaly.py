@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import mahalanobis
 
+from tests.references import knn_brute_force
 import utils.padim as padim_module
 from utils.anomaly import (anomaly_maps, concat_taps, embed, fit_pca, gaussian_blur, image_scores,
                            knn_patch_scores, nearest_distances, project, select_dims)
@@ -203,9 +204,9 @@ def test_anomaly_maps_upsample_then_smooth(mode):
 @pytest.mark.parametrize("k", [1, 3])
 def test_knn_patch_scores_match_brute_force(k):
     train, test = random_embeddings(4), random_embeddings(2, seed=9)
-    memory = train.permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
-    queries = test.permute(0, 2, 3, 1).reshape(-1, 6).double().numpy()
-    expected = [np.sort(np.sqrt(((memory - q) ** 2).sum(1)))[:k].mean() for q in queries]
+    memory = train.permute(0, 2, 3, 1).reshape(-1, 6)
+    queries = test.permute(0, 2, 3, 1).reshape(-1, 6)
+    expected = k_smallest_distances(memory, queries, k).mean(axis=1)
     got = knn_patch_scores(train, test, k=k, chunk=5)
     np.testing.assert_allclose(got.numpy().ravel(), expected, rtol=1e-4)
     with pytest.raises(ValueError, match="channels"):
@@ -213,9 +214,8 @@ def test_knn_patch_scores_match_brute_force(k):
 
 
 def k_smallest_distances(memory: torch.Tensor, queries: torch.Tensor, k: int) -> np.ndarray:
-    """Brute force in float64 with explicit differences: (Q, k) ascending."""
-    m, q = memory.double().numpy(), queries.double().numpy()
-    return np.stack([np.sort(np.sqrt(((m - x) ** 2).sum(1)))[:k] for x in q])
+    """The brute-force reference as ``(Q, k)`` for every ``k``."""
+    return knn_brute_force(memory, queries, k).reshape(len(queries), k)
 
 
 @pytest.mark.parametrize("n,k,chunk", [(1, 1, 4), (63, 1, 5), (64, 3, 64), (65, 5, 7), (700, 1, 33),

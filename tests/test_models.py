@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from utils import hooks, models
 
@@ -72,3 +74,16 @@ def test_unknown_backbones_and_weights():
     with pytest.raises(ValueError, match="no taps defined"):
         models.backbone_taps("alexnet")
     assert models.backbone_taps("resnet18")["layer3"] == "layer3"
+
+
+def test_imagenet_crop_is_resize_then_centre_crop():
+    photo = np.random.default_rng(0).integers(0, 256, (300, 451, 3), dtype=np.uint8)
+    got = models.imagenet_crop(photo)
+    short = TF.resize(torch.from_numpy(photo).permute(2, 0, 1), 256, antialias=True)   # (3, 256, 384)
+    top, left = (short.shape[1] - 224) // 2, (short.shape[2] - 224) // 2
+    torch.testing.assert_close(got, short[:, top:top + 224, left:left + 224].float() / 255)
+    assert got.shape == (3, 224, 224) and 0 <= got.min() and got.max() <= 1
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        models.imagenet_crop(photo.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        models.imagenet_crop(photo[..., :1])

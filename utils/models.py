@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 
+import numpy as np
 import torch
+import torchvision.transforms.v2.functional as TF
 from torch import nn
 
 from .cam import boostlu
@@ -201,6 +203,16 @@ def backbone_taps(name: str) -> dict[str, str]:
     if name in TORCHVISION_TAPS:
         return dict(TORCHVISION_TAPS[name])
     raise ValueError(f"no taps defined for {name!r}; choose one of {sorted(NORMALIZATION)}")
+
+
+def imagenet_crop(photo: np.ndarray, size: int = 224, resize: int = 256) -> torch.Tensor:
+    """The standard ImageNet evaluation crop of an RGB photo ``(H, W, 3)`` uint8: shorter side
+    resized to ``resize`` (antialiased), centre ``size x size`` kept. Returns ``(3, size, size)``
+    floats in [0, 1] (not yet normalised: see :func:`normalize`)."""
+    if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB photo, got {photo.shape} {photo.dtype}")
+    x = TF.resize(torch.from_numpy(photo).permute(2, 0, 1), resize, antialias=True)
+    return TF.center_crop(x, [size, size]).float() / 255
 
 
 def normalize(images: torch.Tensor, backbone: str = "efficientnet_lite0") -> torch.Tensor:

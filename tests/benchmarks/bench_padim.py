@@ -57,6 +57,7 @@ import argparse
 import ctypes
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -215,11 +216,17 @@ def fit_worker(spec: dict[str, Any]) -> dict[str, float]:
 def measure_fit(dims: int, side: int, n_train: int, batch: int | None = None) -> dict[str, float]:
     """Run :func:`fit_worker` in a fresh Python process (so its peak is the fit's own)."""
     spec = {"dims": dims, "side": side, "n_train": n_train, "batch": batch, "threads": torch.get_num_threads()}
-    done = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_padim", "--worker", json.dumps(spec)],
-                          cwd=ROOT, capture_output=True, text=True, check=False)
+    return json.loads(run_worker("tests.benchmarks.bench_padim", ["--worker", json.dumps(spec)]))
+
+
+def run_worker(module: str, args: list[str], env: dict[str, str] | None = None) -> str:
+    """Run ``python -m module *args`` in a fresh process from the repository root (``env`` added to
+    this process's environment); return the last line it printed, or raise with its stderr."""
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"fit worker {spec} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"worker {module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 # --- the source's per-position loops -------------------------------------------------------------

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +36,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.bench_padim import ROOT, PeakRSS, machine_facts, timed  # noqa: E402
+from tests.benchmarks.bench_padim import ROOT, PeakRSS, machine_facts, run_worker, timed  # noqa: E402
 from tests.references import knn_kdtree_per_row, spread_double_loop  # noqa: E402
 from utils import data, synthetic  # noqa: E402
 from utils import patch_svdd as ps  # noqa: E402
@@ -107,13 +105,8 @@ def peak_worker(size: Size, side: str) -> float:
 
 def measure_peak(size: Size, side: str) -> float:
     """Run :func:`peak_worker` in a fresh Python process with a fixed 128 KiB mmap threshold."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**17)}
-    done = subprocess.run([sys.executable, "-m", "tests.benchmarks.bench_patch_svdd", "--peak-of", side,
-                           *(["--small"] if size == SMALL else [])],
-                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"peak worker {side} failed:\n{done.stderr[-3000:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+    args = ["--peak-of", side, *(["--small"] if size == SMALL else [])]
+    return float(run_worker("tests.benchmarks.bench_patch_svdd", args, env={"MALLOC_MMAP_THRESHOLD_": str(2**17)}))
 
 
 def compare(size: Size, verbose: bool = True) -> dict:
