@@ -15,6 +15,8 @@ ENV_TARGET := $(if $(filter $(VENV)/bin,$(BIN)),env,)
 PROFILE ?= tiny
 TIMED := .ci/timed
 ENV_STAMP := $(VENV)/.requirements.sha256
+# Free disk a new .venv needs: the pinned torch is a CUDA build (6.7 GiB measured for the whole environment).
+VENV_GIB := 7
 REQ_SHA := $(shell sha256sum requirements.txt | cut -c1-64)
 JB_FLAGS := -W -n --keep-going
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
@@ -31,7 +33,8 @@ test: env
 env:
 	@if [ "$$(cat $(ENV_STAMP) 2>/dev/null)" != "$(REQ_SHA)" ]; then \
 	  $(TIMED) "set up $(VENV) from requirements.txt" bash -c '\
-	    set -euo pipefail; test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	    set -euo pipefail; test -x $(BIN)/python || { $(PYTHON) tools/disk_space.py $(VENV) $(VENV_GIB); \
+	      $(PYTHON) -m venv $(VENV); }; \
 	    $(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 \
 	      | { grep -v "^WARNING: Location" || true; }; \
 	    echo "$(REQ_SHA)" > $(ENV_STAMP)'; \
