@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
         raise SystemExit("usage: python3 tools/disk_space.py PATH GIB")
-    free_gib = require_free(argv[0], float(argv[1]))
-    print(f"=== {free_gib:.1f} GiB free for {argv[0]} (needs about {float(argv[1]):.1f})")
+    path, need_gib = argv[0], float(argv[1])
+    free_gib = require_free(path, need_gib)
+    print(f"=== {free_gib:.1f} GiB free for {path} (needs about {need_gib:.1f})")
     return 0
 
 
