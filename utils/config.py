@@ -9,6 +9,9 @@ Two environment variables configure where files live:
 * ``CVBOOK_DATA`` - an existing folder holding real datasets (for example a local
   mirror); loaders look here before downloading. A notebook's ``DATA_DIR`` parameter
   overrides it.
+
+A third, ``CVBOOK_NUMERICS`` (``strict`` or ``fast``), overrides the numerics policy a
+profile picks (:func:`numerics_for`); the run banner always names the one in force.
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ DATA_ENV = "CVBOOK_DATA"
 #: Set to "0" by the build tools (runner, nbval, smoke and GPU runs): no progress bars in
 #: executed notebooks, whose outputs are committed and compared.
 PROGRESS_ENV = "CVBOOK_PROGRESS"
+NUMERICS_ENV = "CVBOOK_NUMERICS"
+#: cuBLAS reads this when it creates its first handle; ``:4096:8`` makes its matrix
+#: products deterministic on CUDA (PyTorch's reproducibility notes).
+CUBLAS_WORKSPACE_ENV = "CUBLAS_WORKSPACE_CONFIG"
 T = TypeVar("T")
 
 
@@ -73,6 +80,70 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.cuda.manual_seed_all(seed)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How float32 arithmetic runs: the book's one numerics policy, set by :func:`start_run`.
+
+    ``strict`` (the tiny profile, and anything compared across devices): TF32 off for
+    matrix products (cuBLAS) and cuDNN convolutions, and deterministic algorithms where
+    PyTorch has them (a warning, not an error, where it has none). A GPU then rounds float32
+    like a CPU does, so the committed CPU numbers hold on CUDA to float32 rounding.
+    ``fast`` (the full profile): TF32 on, about 3 significant digits per product (10-bit
+    mantissa), default algorithms; its numbers agree with a strict run only within
+    :attr:`tolerance`. On a CPU the two give the same numbers.
+    """
+
+    name: str
+    tf32: bool
+    deterministic: bool
+    tolerance: str
+
+    def apply(self) -> None:
+        """Set PyTorch's global flags to this policy (every flag, so it is idempotent).
+
+        Uses only the legacy flag API (``allow_tf32``, ``set_float32_matmul_precision``):
+        PyTorch refuses to read flags set through a mix of the legacy and new APIs.
+        """
+        if self.deterministic and not torch.cuda.is_initialized():
+            os.environ.setdefault(CUBLAS_WORKSPACE_ENV, ":4096:8")
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+        torch.set_float32_matmul_precision("high" if self.tf32 else "highest")
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=True)
+
+    def banner(self) -> str:
+        """The policy as the run banner prints it (short, the same on every machine)."""
+        if self.tf32:
+            return f"numerics={self.name} (TF32 on; {self.tolerance})"
+        return f"numerics={self.name} (TF32 off, deterministic)"
+
+
+NUMERICS: dict[str, Numerics] = {
+    "strict": Numerics("strict", tf32=False, deterministic=True,
+                       tolerance="equal to the CPU up to float32 rounding"),
+    "fast": Numerics("fast", tf32=True, deterministic=False,
+                     tolerance="claims within 0.02 of a strict run, trained ones 0.05"),
+}
+
+
+def numerics_for(profile: str, override: str | None = None) -> Numerics:
+    """The numerics policy of ``profile``: ``strict`` for tiny, ``fast`` for full.
+
+    ``override`` (default: ``$CVBOOK_NUMERICS``) names a policy that wins over the
+    profile's; an unknown name raises listing the choices.
+    """
+    get_profile(profile)
+    name = override if override is not None else os.environ.get(NUMERICS_ENV) or None
+    if name is None:
+        return NUMERICS["strict" if profile == "tiny" else "fast"]
+    try:
+        return NUMERICS[name]
+    except (KeyError, TypeError):
+        choices = ", ".join(repr(n) for n in NUMERICS)
+        raise ValueError(f"unknown numerics policy {name!r} (from ${NUMERICS_ENV} or "
+                         f"the override); choose one of {choices}") from None
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -156,6 +227,7 @@ class Run:
     device: torch.device
     data_dir: Path | None
     smoke: bool = False
+    numerics: Numerics = NUMERICS["strict"]
 
     @property
     def tiny(self) -> bool:
@@ -186,17 +258,20 @@ def start_run(profile: str = "tiny", seed: int = 0, device: str = "auto",
               data: str | os.PathLike | None = None, smoke: bool = False) -> Run:
     """The one call every chapter makes after its parameters cell.
 
-    Validates the profile, seeds everything, picks the device, resolves the data
-    folder, applies the book's figure style, silences tqdm's missing-widget
-    warning and prints a one-line summary (without
-    machine-specific paths). ``smoke=True`` is only meaningful with ``profile="full"``
+    Validates the profile, sets the numerics policy (:func:`numerics_for`: TF32 off and
+    deterministic algorithms for the tiny profile), seeds everything, picks the device,
+    resolves the data folder, applies the book's figure style, silences tqdm's
+    missing-widget warning and prints a one-line summary (the same on every machine of
+    the same device type: no paths, no versions). ``smoke=True`` is only meaningful with ``profile="full"``
     (the tiny profile is already small) and raises otherwise.
     """
     from .viz import use_book_style
 
     if not isinstance(smoke, bool):
         raise TypeError(f"SMOKE must be True or False, got {smoke!r}")
-    run = Run(get_profile(profile), seed, pick_device(device), data_dir(data), smoke)
+    numerics = numerics_for(profile)
+    numerics.apply()  # before the device is picked: cuBLAS reads its workspace setting once
+    run = Run(get_profile(profile), seed, pick_device(device), data_dir(data), smoke, numerics)
     if smoke and run.tiny:
         raise ValueError('SMOKE=True cuts the full profile down; use it with PROFILE="full"')
     seed_everything(seed)
@@ -206,5 +281,6 @@ def start_run(profile: str = "tiny", seed: int = 0, device: str = "auto",
     warnings.filterwarnings("ignore", message="IProgress not found")
     source = "data directory set" if run.data_dir else "no data directory (generated data only)"
     mode = " (smoke run: a handful of images, one epoch; quality claims not checked)" if smoke else ""
-    print(f"profile={run.profile.name}{mode} seed={seed} device={run.device.type} torch={torch.__version__}; {source}")
+    print(f"profile={run.profile.name}{mode} seed={seed} device={run.device.type} "
+          f"{numerics.banner()}; {source}")
     return run
