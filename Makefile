@@ -21,7 +21,7 @@ REQ_SHA := $(shell sha256sum requirements.txt | cut -c1-64)
 JB_FLAGS := -W -n --keep-going
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=900
 
-.PHONY: book test env notebooks scoreboard html unit realdata nbval smoke gpu-check html-check screenshots benchmark clean
+.PHONY: book test env notebooks scoreboard html unit realdata nbval smoke gpu-check html-check screenshots benchmark clean student
 
 book: $(ENV_TARGET)
 	@$(TIMED) "execute changed notebooks (PROFILE=$(PROFILE))" $(BIN)/python -m tools.run_notebooks --profile $(PROFILE)
@@ -60,6 +60,11 @@ gpu-check: $(ENV_TARGET)
 
 scoreboard:
 	@$(BIN)/python -m tools.scoreboard
+
+# The chapters without their solutions and answer cells, outputs cleared (tools/student.py);
+# the book build also writes them into the site (_build/html/student/) and links them.
+student:
+	@$(BIN)/python -m tools.student --output _build/student
 
 # Book build with execution off (notebooks are committed executed).
 html: scoreboard
