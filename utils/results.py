@@ -7,6 +7,12 @@ the tracked results files unchanged. AUROC, accuracy and mAP are recorded in per
 print them. Rows land in
 ``results/<chapter>.<profile>.json`` (re-recording a claim replaces its row), and
 ``python -m tools.scoreboard`` turns all files into ``book/scoreboard.md``.
+
+Several processes may record into one file at once (a notebook test beside a book build): each
+write holds an exclusive lock on a sibling ``.<file>.lock`` and replaces the file atomically
+(temporary file in the same folder, then :func:`os.replace`), so a reader never sees half a file
+and no row is lost. ``tools.run_notebooks`` points ``$CVBOOK_RESULTS`` at a staging folder and
+copies the chapter's file into ``results/`` with :func:`publish` only when the whole notebook ran.
 """
 from __future__ import annotations
 
@@ -14,7 +20,15 @@ import json
 import math
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: writes stay atomic, but two concurrent writers are not serialised
+    fcntl = None
 
 from .config import Run, get_profile
 
@@ -83,10 +97,75 @@ def record(chapter: str, claim: str, ours: float, paper: float | None = None, un
            "status": status_of(ours, paper, profile, tolerance, profile_independent)}
     path = results_dir() / f"{chapter}.{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = _read(path) if path.exists() else []
-    rows = [r for r in rows if r["claim"] != claim] + [row]
-    path.write_text(json.dumps(rows, indent=1) + "\n")
+    with locked(path):
+        rows = _read(path) if path.exists() else []
+        rows = [r for r in rows if r["claim"] != claim] + [row]
+        _write_atomically(path, (json.dumps(rows, indent=1) + "\n").encode())
     return row
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive cross-process lock for the results file ``path`` while the block runs.
+
+    The lock is ``fcntl.flock`` on the sibling ``.<name>.lock`` (kept: deleting a lock file
+    while another process waits on it would hand out two locks); the OS releases it when the
+    process dies, so a killed writer never blocks the next one.
+    """
+    if fcntl is None:
+        yield
+        return
+    lock_path = path.parent / f".{path.name}.lock"
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one step: a temporary file in the same folder, then
+    :func:`os.replace`; the temporary file is removed if anything fails on the way."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def publish(staged: Path, directory: Path | None = None) -> Path:
+    """Copy the results file ``staged`` over its namesake in ``directory`` (default
+    :func:`results_dir`) atomically and under that file's lock; return the destination.
+
+    The staged file replaces the old one whole, so claims a chapter no longer records disappear.
+    The file is checked first: a corrupt staged file raises and leaves ``directory`` unchanged.
+    """
+    _read(staged)
+    directory = directory or results_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / staged.name
+    with locked(target), open(staged, "rb") as source:
+        _write_atomically(target, source.read())
+    return target
+
+
+def withdraw(name: str, directory: Path | None = None) -> bool:
+    """Delete the results file ``name`` (e.g. ``"02_cam.tiny.json"``) from ``directory`` under its
+    lock, for a chapter whose complete run recorded nothing; return whether it existed."""
+    directory = directory or results_dir()
+    target = directory / name
+    if not target.exists():
+        return False
+    with locked(target):
+        target.unlink(missing_ok=True)
+    return True
 
 
 def _read(path: Path) -> list[dict]:
