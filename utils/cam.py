@@ -15,6 +15,9 @@ Explained in the *Class Activation Maps* chapter (``notebooks/02_cam.ipynb``).
 * :func:`class_agnostic_map`, :func:`minmax_normalize`, :func:`cam_loss`,
   :func:`cam_loss_terms` - CAM-loss of Wang et al. (2021): the label's CAM pulled towards the
   class-agnostic map (the *CAM-loss* chapter, ``notebooks/04_camloss.ipynb``).
+* :func:`teacher_cam_targets`, :func:`caam_cam_distillation_loss` - CAAM-CAM matching
+  distillation of the same paper: a trained teacher's CAM of the label supervises a
+  student's class-agnostic map (same chapter).
 
 Boxes follow the convention of :mod:`utils.metrics`: ``(xmin, ymin, xmax, ymax)`` in pixel
 *edge* coordinates, ``xmax``/``ymax`` exclusive. A box around pixel columns ``0..W-1`` and
@@ -22,7 +25,8 @@ rows ``0..H-1`` is ``(0, 0, W, H)``; its area is ``(xmax - xmin) * (ymax - ymin)
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -186,45 +190,139 @@ def grad_cam(features: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     return torch.relu(torch.stack(maps))
 
 
-def target_scores(logits: torch.Tensor, target: Target) -> torch.Tensor:
-    """One score per image from (B, K) logits: ``target`` is a class index for every image,
-    one index per image (sequence or (B,) tensor), or a callable ``logits -> (B,)`` scores."""
+def target_scores(logits: torch.Tensor | tuple | dict, target: Target,
+                  batch_size: int | None = None) -> torch.Tensor:
+    """One score per image from a model's output.
+
+    ``logits``: (B, K) pre-softmax logits, or whatever the model returned (a tuple, a dict).
+    ``target``: a class index for every image, one index per image (a sequence or a (B,)
+    integer tensor), or a callable ``output -> (B,)`` scores. A callable receives the model's
+    output as it is, which is the way to pick the logits of a model returning a tuple or a
+    dict (e.g. ``lambda out: out["logits"][:, 3]``). ``batch_size``: B, needed only when the
+    output is not a tensor (the entry points pass the number of images).
+    """
+    if batch_size is None:
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"expected (B, K) logits, got a {type(logits).__name__}")
+        batch_size = len(logits)
     if callable(target):
         scores = target(logits)
     else:
-        index = torch.as_tensor(target, device=logits.device).long().reshape(-1)
-        if index.numel() == 1:
-            index = index.expand(len(logits))
-        if index.numel() != len(logits):
-            raise ValueError(f"got {index.numel()} targets for a batch of {len(logits)} images")
-        if index.min() < 0 or index.max() >= logits.shape[1]:
-            raise ValueError(f"target classes must be in [0, {logits.shape[1]}), got {index.tolist()}")
-        scores = logits.gather(1, index[:, None])[:, 0]
-    if not isinstance(scores, torch.Tensor) or scores.shape != (len(logits),):
-        raise ValueError(f"a target callable must return one score per image, shape ({len(logits)},)")
+        scores = _indexed_scores(logits, target, batch_size)
+    if not isinstance(scores, torch.Tensor) or scores.shape != (batch_size,):
+        raise ValueError(f"a target callable must return one score per image, shape ({batch_size},), got "
+                         f"{tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__}")
     return scores
+
+
+def _indexed_scores(logits: torch.Tensor, target: Target, batch_size: int) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"the model returned a {type(logits).__name__}, not a (B, K) logits tensor; pass a "
+                        "callable target that picks the scores from it, e.g. "
+                        "target=lambda out: out[0][:, k] (a tuple) or out['logits'][:, k] (a dict)")
+    if logits.ndim != 2:
+        raise ValueError(f"class-index targets need (B, K) logits, got shape {tuple(logits.shape)}; "
+                         "pass a callable target for other outputs")
+    index = torch.as_tensor(target, device=logits.device)
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"target classes must be integers, got {index.dtype}")
+    index = index.long().reshape(-1)
+    if index.numel() == 1:
+        index = index.expand(batch_size)
+    if index.numel() != batch_size:
+        raise ValueError(f"got {index.numel()} targets for a batch of {batch_size} images")
+    if index.min() < 0 or index.max() >= logits.shape[1]:
+        raise ValueError(f"target classes must be in [0, {logits.shape[1]}), got {index.tolist()}")
+    return logits.gather(1, index[:, None])[:, 0]
+
+
+def _batchnorm_without_statistics(model: torch.nn.Module) -> list[str]:
+    return [name or type(model).__name__ for name, m in model.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is None]
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Inside the block ``model`` is in eval mode; on exit (also after an error) every module's
+    ``training`` flag and every buffer (batch-norm running statistics and counters) is put back
+    exactly as it was.
+
+    Saliency maps are computed in eval mode so that images do not mix through batch-norm
+    statistics (a map then does not depend on the rest of the batch) and dropout is off. A
+    batch norm built with ``track_running_stats=False`` normalises with the batch's own
+    statistics even in eval mode, so it is refused with ``ValueError``.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    mixing = _batchnorm_without_statistics(model)
+    if mixing:
+        raise ValueError(f"batch-norm layers without running statistics ({', '.join(mixing[:5])}) mix the "
+                         "images of a batch even in eval mode; saliency maps would depend on the batch")
+    modes = [(module, module.training) for module in model.modules()]
+    saved = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def gradient_input(images: torch.Tensor) -> torch.Tensor:
+    """Check a (B, C, H, W) float batch for a gradient method; return a fresh leaf that requires grad.
+
+    Raises for a non-tensor, another rank, an empty batch, an integer dtype, NaN/inf values,
+    and a call under ``torch.inference_mode()`` (no gradient can be computed there, and the
+    mode cannot be switched off from inside it: call the method outside the block). Images
+    made under inference mode are copied, so they work once the mode has been left.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("gradient-based maps cannot be computed under torch.inference_mode(): autograd "
+                           "records nothing there, and the mode cannot be left from inside the block; "
+                           "call this outside it (torch.no_grad() around the call is fine)")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    if len(images) == 0 or images[0].numel() == 0:
+        raise ValueError(f"images must hold at least one non-empty image, got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a float tensor (normalised images), got {images.dtype}")
+    _check_finite("images", images)
+    return images.detach().clone().requires_grad_(True)
+
+
+def _detached(output: object) -> object:
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detached(o) for o in output)
+    if isinstance(output, dict):
+        return {key: _detached(value) for key, value in output.items()}
+    return output
 
 
 def layer_grad_cam(model: torch.nn.Module, images: torch.Tensor, layer: str, target: Target,
                    size: int | tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM of any named layer for a batch, with one target per image, in one backward pass.
 
-    ``model``: (B, 3, H, W) normalised images -> (B, K) pre-softmax logits; put it in eval
-    mode first (batch-norm statistics must not mix images). ``layer``: a name from
-    ``model.named_modules()`` (a wrong name raises listing close names). ``target``: see
-    :func:`target_scores`. ``size``: upsample the maps bilinearly to this size (default: the
-    images' size); ``size=0`` keeps the layer's resolution.
+    ``model``: (B, 3, H, W) normalised images -> (B, K) pre-softmax logits (or a tuple/dict
+    with a callable ``target`` that picks the scores). It is run in eval mode, whatever its
+    mode, and left exactly as it was (:func:`evaluation_mode`), so batch-norm statistics
+    never mix images. ``layer``: a name from ``model.named_modules()`` (a wrong name raises
+    listing close names). ``target``: see :func:`target_scores`. ``size``: upsample the maps
+    bilinearly to this size (default: the images' size); ``size=0`` keeps the layer's
+    resolution. Images are checked by :func:`gradient_input`.
     Returns ``(maps, logits)``: maps (B, h, w) min-max normalised per image to [0, 1] (the
     pytorch-grad-cam convention; a target that does not depend on the layer gives all
-    zeros, never NaN) and the detached logits (B, K). The model's hooks are always removed
+    zeros, never NaN) and the model's output, detached. The model's hooks are always removed
     and parameter gradients are left untouched.
     """
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
-    x = images.detach().requires_grad_(True)
-    with record(model, [layer], gradients=True) as rec, torch.enable_grad():
+    x = gradient_input(images)
+    with evaluation_mode(model), record(model, [layer], gradients=True) as rec, torch.enable_grad():
         logits = model(x)
-        scores = target_scores(logits, target)
+        scores = target_scores(logits, target, batch_size=len(x))
         if scores.requires_grad:
             torch.autograd.grad(scores.sum(), x, allow_unused=True)
     features = rec.activations[layer]
@@ -235,7 +333,7 @@ def layer_grad_cam(model: torch.nn.Module, images: torch.Tensor, layer: str, tar
     maps = grad_cam(features, grads)[:, None]
     if size != 0:
         maps = upsample_maps(maps, images.shape[-2:] if size is None else size)
-    return normalize_maps(maps)[:, 0], logits.detach()
+    return normalize_maps(maps)[:, 0], _detached(logits)
 
 
 # --- CAM-loss (the *CAM-loss* chapter, notebooks/04_camloss.ipynb) ---------------------------
@@ -342,3 +440,82 @@ def parameters_reached(loss: torch.Tensor, named_parameters: dict[str, torch.Ten
                                 allow_unused=True)
     reached = {n: g is not None for n, g in zip(names, grads)}
     return {n: reached.get(n, False) for n in named_parameters}
+
+
+# --- CAAM-CAM matching distillation (the *CAM-loss* chapter) ---------------------------------
+# Shape checks only (no value checks): these run inside a training step.
+
+
+def _check_teacher(
+    teacher_features: torch.Tensor, teacher_weight: torch.Tensor, labels: torch.Tensor
+) -> None:
+    if teacher_features.ndim != 4:
+        raise ValueError(
+            f"teacher features must be (B, C, H, W), got {tuple(teacher_features.shape)}"
+        )
+    if teacher_weight.ndim != 2 or teacher_weight.shape[1] != teacher_features.shape[1]:
+        raise ValueError(
+            f"teacher_weight must be (K, {teacher_features.shape[1]}) to match the "
+            f"teacher's channels, got {tuple(teacher_weight.shape)}"
+        )
+    if labels.shape != (teacher_features.shape[0],) or labels.is_floating_point():
+        raise ValueError(
+            f"labels must be ({teacher_features.shape[0]},) integer class indices, got "
+            f"shape {tuple(labels.shape)} and dtype {labels.dtype}"
+        )
+
+
+def teacher_cam_targets(
+    teacher_features: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    labels: torch.Tensor,
+    size: tuple[int, int] | None = None,
+    eps: float = CAM_LOSS_EPS,
+) -> torch.Tensor:
+    """The teacher's CAM of each image's label, as a target map: detached and normalised.
+
+    ``teacher_features``: (B, C_t, H_t, W_t); ``teacher_weight``: (K, C_t), the teacher's
+    linear-layer weight; ``labels``: (B,) int64. The raw CAM (:func:`label_cam`) is resized
+    to ``size = (H, W)`` when given (bilinear, ``align_corners=False``), then min-max
+    normalised per map (:func:`minmax_normalize`). Returns (B, H, W) without a gradient
+    path: the teacher is never updated by a distillation loss.
+    """
+    _check_teacher(teacher_features, teacher_weight, labels)
+    with torch.no_grad():
+        maps = label_cam(teacher_features.detach(), teacher_weight.detach(), labels)
+        if size is not None and tuple(size) != tuple(maps.shape[-2:]):
+            maps = F.interpolate(
+                maps[:, None], size=tuple(size), mode="bilinear", align_corners=False
+            )[:, 0]
+        return minmax_normalize(maps, eps)
+
+
+def caam_cam_distillation_loss(
+    student_features: torch.Tensor,
+    teacher_features: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float = CAM_LOSS_EPS,
+) -> torch.Tensor:
+    """CAAM-CAM matching (Wang et al., 2021): the teacher's CAM supervises the student's CAAM.
+
+    ``student_features``: (B, C_s, H_s, W_s), the student's last feature maps (any number
+    of channels; the student needs no classifier for this term); ``teacher_features``:
+    (B, C_t, H_t, W_t) and ``teacher_weight``: (K, C_t) from the trained teacher;
+    ``labels``: (B,) int64. The teacher's label CAM is resized to the student's grid
+    (:func:`teacher_cam_targets`); both maps are min-max normalised; the loss is their
+    mean absolute difference over B * H_s * W_s, a scalar. Gradients reach only the
+    student's features. Shape errors raise :class:`ValueError`; no value checks (no
+    host-device sync), so it can sit in a training step.
+    """
+    _check_teacher(teacher_features, teacher_weight, labels)
+    if student_features.ndim != 4 or len(student_features) != len(teacher_features):
+        raise ValueError(
+            "student features must be (B, C, H, W) with the teacher's batch size "
+            f"{len(teacher_features)}, got {tuple(student_features.shape)}"
+        )
+    target = teacher_cam_targets(
+        teacher_features, teacher_weight, labels, tuple(student_features.shape[-2:]), eps
+    )
+    student = minmax_normalize(class_agnostic_map(student_features), eps)
+    return F.l1_loss(student, target.to(student.dtype))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cam import Target, layer_grad_cam, target_scores
+from .cam import Target, evaluation_mode, gradient_input, layer_grad_cam, target_scores
 
 GUIDED_TYPES = (nn.ReLU, nn.ReLU6)
 
@@ -83,19 +83,26 @@ def guided_relus(model: nn.Module) -> Iterator[int]:
 def guided_backprop(model: nn.Module, images: torch.Tensor, target: Target) -> torch.Tensor:
     """Guided backpropagation: d score / d images with :func:`guided_relus`, batched.
 
-    ``model``: (B, 3, H, W) normalised images -> (B, K) logits, in eval mode (so images do
-    not interact through batch norm and one backward pass serves the whole batch);
+    ``model``: (B, 3, H, W) normalised images -> (B, K) logits (or a tuple/dict with a
+    callable ``target`` that picks the scores); it is run in eval mode, whatever its mode,
+    and left exactly as it was (:func:`utils.cam.evaluation_mode`), so images do not interact
+    through batch norm and one backward pass serves the whole batch.
     ``target``: see :func:`utils.cam.target_scores` (one class per image allowed).
     Returns (B, 3, H, W) gradients in the input's units; parameter gradients untouched.
+    Raises ``RuntimeError`` under ``torch.inference_mode()`` and ``ValueError`` when the target
+    scores have no gradient path to the images (a target callable that detaches, a model that
+    runs under ``torch.no_grad()`` inside): the answer would otherwise be all zeros.
     """
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"images must be a (B, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
-    x = images.detach().requires_grad_(True)
-    with guided_relus(model), torch.enable_grad():
-        scores = target_scores(model(x), target)
-        if not scores.requires_grad:
-            return torch.zeros_like(x)
-        (grad,) = torch.autograd.grad(scores.sum(), x)
+    x = gradient_input(images)
+    with evaluation_mode(model), guided_relus(model), torch.enable_grad():
+        scores = target_scores(model(x), target, batch_size=len(x))
+        grad = None
+        if scores.requires_grad:
+            (grad,) = torch.autograd.grad(scores.sum(), x, allow_unused=True)
+    if grad is None:
+        raise ValueError("the target scores do not depend on the images (no gradient path): a target "
+                         "callable that detaches the logits, or a forward pass under torch.no_grad() "
+                         "inside the model; guided backprop would be all zeros")
     return grad
 
 
