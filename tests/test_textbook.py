@@ -195,3 +195,12 @@ def test_sources_appendix_is_in_the_book():
                  "https://github.com/PeterKim1/paper_code_review"):
         assert post in text, post
     assert len(re.findall(r"\]\(https://", text)) >= 30
+
+
+def test_defect_lab_starter_code_prints_what_the_sheet_quotes(capsys):
+    """The lab sheet's starter code runs on the package as it is, and prints the quoted line."""
+    sheet = (ROOT / "book" / "labs" / "defect_type.md").read_text()
+    code = re.search(r"```python\n(.*?)```", sheet, re.S).group(1)
+    quoted = re.search(r"```text\n(crack: .*?)\n```", sheet, re.S).group(1)
+    exec(compile(code, "defect_type.md", "exec"), {"__name__": "lab"})
+    assert capsys.readouterr().out.strip() == quoted
