@@ -11,8 +11,11 @@ Explained in the *Getting started* chapter (``notebooks/00_getting_started.ipynb
 """
 from __future__ import annotations
 
+import io
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +48,9 @@ TORCHVISION_TAPS = {name: {f"layer{i}": f"layer{i}" for i in range(1, 5)}
 
 NORMALIZATION = {"efficientnet_lite0": (LITE0_MEAN, LITE0_STD),
                  **{name: (IMAGENET_MEAN, IMAGENET_STD) for name in TORCHVISION_MODELS}}
+
+
+M = TypeVar("M", bound=nn.Module)
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -244,3 +250,44 @@ def imagenet_categories() -> list[str]:
     from torchvision.models import ResNet18_Weights
 
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+# --- Saving and loading without changing device ------------------------------------------------
+
+def model_device(model: nn.Module) -> torch.device:
+    """The one device holding all of ``model``'s parameters and buffers (CPU when it has none).
+
+    A model split over several devices raises ``ValueError`` naming them.
+    """
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    if len(devices) > 1:
+        raise ValueError(f"{type(model).__name__} is spread over several devices: "
+                         f"{sorted(str(d) for d in devices)}; move it with .to(device)")
+    return devices.pop() if devices else torch.device("cpu")
+
+
+def save_state(model: nn.Module, target: str | os.PathLike | BinaryIO) -> None:
+    """Save ``model.state_dict()`` to a file path or a writable binary file object."""
+    torch.save(model.state_dict(), target)
+
+
+def load_state(model: M, source: str | os.PathLike | BinaryIO | bytes,
+               device: torch.device | str | None = None) -> M:
+    """Load a state dict saved by :func:`save_state` into ``model`` on ``device``; return ``model``.
+
+    ``device`` defaults to the device ``model`` is on. The model is moved there first and the
+    saved tensors are mapped there (``map_location``), so a checkpoint written on a GPU loads
+    on a CPU-only machine and a model rebuilt on the CPU does not stay there while the
+    tensors it is compared with live on a GPU. ``source``: a path, a file object or the
+    saved bytes; only tensors are unpickled (``weights_only``). Raises ``ValueError`` when
+    a parameter or buffer ends up on another device (a module that keeps one elsewhere).
+    """
+    target = torch.device(device) if device is not None else model_device(model)
+    model.to(target)
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(source)
+    model.load_state_dict(torch.load(source, map_location=target, weights_only=True))
+    found = model_device(model)
+    if found.type != target.type:
+        raise ValueError(f"{type(model).__name__} was loaded onto {target} but holds tensors on {found}")
+    return model

@@ -24,44 +24,70 @@ CHUNK_VALUES_GPU = 2**26
 #: ones are split in two halves whose coupling is done by batched matrix products.
 WHITEN_BLOCK = 64
 
-__all__ = ["PaDiM", "whiten", "CHUNK_VALUES_CPU", "CHUNK_VALUES_GPU", "WHITEN_BLOCK"]
+#: The fit's memory beyond its inputs and the stored Gaussians is kept under this fraction of
+#: the stored Gaussians (pieces of positions are cut small enough), so it peaks at no more than
+#: 1.5x the Gaussians on any device (not for fewer than 4 kept dimensions, where a piece of
+#: one position is already larger).
+FIT_MEMORY_SHARE = 0.45
+
+__all__ = [
+    "CHUNK_VALUES_CPU",
+    "CHUNK_VALUES_GPU",
+    "FIT_MEMORY_SHARE",
+    "WHITEN_BLOCK",
+    "PaDiM",
+    "whiten",
+    "whiten_",
+]
 
 
 def whiten(covariance: Tensor) -> tuple[Tensor, Tensor]:
     """``W = L^{-1}`` for the Cholesky factor ``L L^T = S`` of each matrix ``S`` of ``(p, C, C)``.
 
-    Returns ``W`` (lower-triangular, ``(p, C, C)``, dtype of ``covariance``) and a ``(p,)`` bool
-    mask of the matrices that are not positive-definite (their ``W`` is meaningless). Blocked
-    recursion: with ``S = [[S11, .], [S21, S22]]``, ``W11`` comes from ``S11``, then
-    ``L21 = S21 W11^T``, the Schur complement ``S22 - L21 L21^T`` gives ``W22`` and
-    ``W21 = -W22 L21 W11``; so most of the work is batched matrix products over the ``p``
-    matrices and only blocks of at most :data:`WHITEN_BLOCK` go through LAPACK, which on small
-    matrices runs far below the matmul rate.
+    Returns ``W`` (lower-triangular, ``(p, C, C)``, dtype of ``covariance``, a new tensor) and a
+    ``(p,)`` bool mask of the matrices that are not positive-definite (their ``W`` is
+    meaningless). :func:`whiten_` does the same in place.
     """
-    out = torch.empty_like(covariance)
+    out = covariance.clone()
+    return out, whiten_(out)
+
+
+def whiten_(covariance: Tensor) -> Tensor:
+    """Overwrite each ``(C, C)`` matrix ``S`` of ``covariance`` ``(p, C, C)`` with ``W = L^{-1}``
+    (``L L^T = S``); return the ``(p,)`` bool mask of the matrices without Cholesky factor.
+
+    Blocked recursion: with ``S = [[S11, .], [S21, S22]]``, ``W11`` comes from ``S11`` (in its
+    place), then ``L21 = S21 W11^T``, the Schur complement ``S22 - L21 L21^T`` (in the place of
+    ``S22``) gives ``W22`` and ``W21 = -W22 L21 W11`` replaces ``S21``. Most of the work is
+    batched matrix products over the ``p`` matrices; only blocks of at most
+    :data:`WHITEN_BLOCK` go through LAPACK, which on small matrices runs far below the matmul
+    rate. Memory beyond ``covariance``: at most about ``p C^2`` values at any time (``L21`` and
+    the products, each a quarter of the matrices at the top level).
+    """
     failed = torch.zeros(covariance.shape[0], dtype=torch.bool, device=covariance.device)
-    _whiten_into(covariance, out, failed)
-    return out, failed
+    _whiten_in_place(covariance, failed)
+    return failed
 
 
-def _whiten_into(s: Tensor, out: Tensor, failed: Tensor) -> None:
-    """Write ``L^{-1}`` of each ``(n, n)`` matrix of ``s`` ``(p, n, n)`` into the view ``out``; OR
-    the ``(p,)`` mask ``failed`` with the matrices whose Cholesky factorisation broke down."""
+def _whiten_in_place(s: Tensor, failed: Tensor) -> None:
+    """Overwrite each ``(n, n)`` matrix of the view ``s`` ``(p, n, n)`` with its ``L^{-1}``; OR the
+    ``(p,)`` mask ``failed`` with the matrices whose Cholesky factorisation broke down."""
     n = s.shape[-1]
     if n <= WHITEN_BLOCK:
         factor, info = torch.linalg.cholesky_ex(s)
         failed |= info != 0
         identity = torch.eye(n, dtype=s.dtype, device=s.device).expand_as(s).contiguous()
-        out.copy_(torch.linalg.solve_triangular(factor, identity, upper=False))
+        s.copy_(torch.linalg.solve_triangular(factor, identity, upper=False))
         return
     k = n // 2
-    _whiten_into(s[:, :k, :k], out[:, :k, :k], failed)
-    w11 = out[:, :k, :k]
+    _whiten_in_place(s[:, :k, :k], failed)
+    w11 = s[:, :k, :k]
     l21 = s[:, k:, :k] @ w11.mT                                    # S21 L11^{-T}, (p, n - k, k)
-    schur = torch.baddbmm(s[:, k:, k:], l21, l21.mT, alpha=-1)     # S22 - L21 L21^T
-    _whiten_into(schur, out[:, k:, k:], failed)
-    out[:, k:, :k] = -((out[:, k:, k:] @ l21) @ w11)
-    out[:, :k, k:] = 0
+    s22 = s[:, k:, k:]
+    s22.baddbmm_(l21, l21.mT, alpha=-1)                            # S22 - L21 L21^T
+    _whiten_in_place(s22, failed)
+    s[:, k:, :k] = torch.bmm(s22 @ l21, w11).neg_()                # W21 = -W22 L21 W11
+    s[:, :k, k:] = 0
 
 
 class PaDiM(nn.Module):
@@ -120,16 +146,32 @@ class PaDiM(nn.Module):
         if embeddings.shape[1] != self.n_features:
             raise ValueError(f"embeddings have {embeddings.shape[1]} channels, the model expects {self.n_features}")
 
-    def _step(self, images: int, device: torch.device) -> int:
+    def _step(self, images: int, device: torch.device, positions: int | None = None,
+              store_dtype: torch.dtype = torch.float32, dtype: torch.dtype = torch.float64,
+              reserved: int = 0) -> int:
         """Positions per piece, so that a piece's ``(p, images, C)`` embeddings and ``(p, C, C)``
-        matrices hold about :data:`CHUNK_VALUES_CPU` (or ``_GPU``) values each."""
-        budget = CHUNK_VALUES_CPU if device.type == "cpu" else CHUNK_VALUES_GPU
-        return max(1, budget // (self.n_dims * max(images, self.n_dims)))
+        matrices hold about :data:`CHUNK_VALUES_CPU` (or ``_GPU``) values each.
 
-    def _chunks(self, embeddings: Tensor, dtype: torch.dtype,
-                device: torch.device | None = None) -> Iterator[tuple[slice, Tensor]]:
-        """Kept channels of consecutive ranges of positions, each a new contiguous ``(p, B, C)``
-        tensor of ``dtype`` on ``device`` (the caller may overwrite it).
+        With ``positions`` (a fit): also few enough that a piece's temporaries (the embeddings
+        in the input dtype and in ``dtype``, the covariances and the whitening's work space,
+        both ``(p, C, C)`` in ``dtype``), plus ``reserved`` bytes held for the whole fit, stay
+        under :data:`FIT_MEMORY_SHARE` of the stored Gaussians (``positions`` means and ``W``
+        in ``store_dtype``).
+        """
+        budget = CHUNK_VALUES_CPU if device.type == "cpu" else CHUNK_VALUES_GPU
+        step = max(1, budget // (self.n_dims * max(images, self.n_dims)))
+        if positions is None:
+            return step
+        c, wide = self.n_dims, torch.finfo(dtype).bits // 8
+        stored = positions * c * (c + 1) * (torch.finfo(store_dtype).bits // 8)
+        per_position = wide * (images * c + 2 * c * c) + 4 * images * c
+        return max(1, min(step, int((FIT_MEMORY_SHARE * stored - reserved) // per_position)))
+
+    def _chunks(self, embeddings: Tensor, dtype: torch.dtype, device: torch.device | None = None,
+                step: int | None = None) -> Iterator[tuple[slice, Tensor]]:
+        """Kept channels of consecutive ranges of ``step`` positions (default: :meth:`_step`),
+        each a new contiguous ``(p, B, C)`` tensor of ``dtype`` on ``device`` (the caller may
+        overwrite it).
 
         ``(B, C, P) -> (P, B, C)`` is a transpose; done a few megabytes at a time (one copy that
         also converts and moves), each piece is still in the CPU cache when the matrix products
@@ -138,7 +180,7 @@ class PaDiM(nn.Module):
         b, _, h, w = embeddings.shape
         flat = embeddings.reshape(b, self.n_features, h * w)
         index = self.index.to(flat.device)
-        step = self._step(b, flat.device)
+        step = self._step(b, flat.device) if step is None else step
         for start in range(0, h * w, step):
             part = slice(start, min(start + step, h * w))
             piece = flat[:, :, part]
@@ -150,21 +192,25 @@ class PaDiM(nn.Module):
 
     @torch.no_grad()
     def fit(self, embeddings: Tensor | Iterable[Tensor], dtype: torch.dtype = torch.float64,
-            store_dtype: torch.dtype = torch.float32) -> "PaDiM":
+            store_dtype: torch.dtype = torch.float32) -> PaDiM:
         """Estimate each position's mean and covariance from normal training embeddings.
 
         ``embeddings``: one ``(N, F, H, W)`` tensor or an iterable of such batches (e.g.
         :func:`embed`), consumed once. The covariance is the unbiased one (``N - 1``, like
         ``np.cov``) plus ``eps I``; ``W = L^{-1}`` of its Cholesky factor comes from
-        :func:`whiten` in ``dtype``. Mean and ``W`` are stored in ``store_dtype`` on the
-        embeddings' device; the memory the fit needs beyond them is a few pieces of positions.
+        :func:`whiten_` in ``dtype``. Mean and ``W`` are stored in ``store_dtype`` on the
+        embeddings' device, and the whole model moves there. Memory beyond the inputs and the
+        stored Gaussians: pieces of positions cut so that it stays under
+        :data:`FIT_MEMORY_SHARE` of the Gaussians on every device (each piece's covariances are
+        whitened in place), so the fit peaks at no more than 1.5x the Gaussians.
 
         Precision. One tensor: position piece by piece, the mean and the centred covariance
         (two passes, exact) and ``W`` are computed in ``dtype``. Iterable: sums are taken
         around the first batch's per-position mean; each batch's Gram matrices are computed in
         ``dtype`` and added into the ``(P, C, C)`` buffer that will hold ``W``, i.e. accumulated
         in ``store_dtype`` (one rounding per batch and entry: relative ``6e-8`` per batch in
-        float32, don't stream into a 16-bit store), the per-position sums in float64; then piece
+        float32, don't stream into a 16-bit store), the per-position sums in float64 (the
+        first batch's means, the centring constants, wait in the store of the mean); then piece
         by piece the Gram matrices are promoted to ``dtype``, turned into covariances,
         factorised and overwritten with ``W`` in place. Returns ``self``.
 
@@ -180,7 +226,7 @@ class PaDiM(nn.Module):
             mean, whitening, grid = self._fit_stream(embeddings, dtype, store_dtype)
         self.mean, self.whitening = mean, whitening
         self.grid = torch.tensor(grid, dtype=torch.long, device=mean.device)
-        return self
+        return self.to(mean.device)
 
     def _fit_tensor(self, embeddings: Tensor, dtype: torch.dtype,
                     store_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -190,7 +236,8 @@ class PaDiM(nn.Module):
         self._check_count(n)
         mean = embeddings.new_empty(h * w, self.n_dims, dtype=store_dtype)
         whitening = embeddings.new_empty(h * w, self.n_dims, self.n_dims, dtype=store_dtype)
-        for part, x in self._chunks(embeddings, dtype):
+        step = self._step(n, embeddings.device, h * w, store_dtype, dtype)
+        for part, x in self._chunks(embeddings, dtype, step=step):
             centre = x.mean(dim=1, keepdim=True)
             x -= centre
             covariance = torch.bmm(x.mT, x).div_(n - 1)
@@ -209,12 +256,14 @@ class PaDiM(nn.Module):
             if grid is None:
                 grid = tuple(batch.shape[2:])
                 positions = grid[0] * grid[1]
-                shift = batch.new_zeros(positions, 1, self.n_dims, dtype=torch.float64)
-                total = torch.zeros_like(shift)
+                shift = batch.new_zeros(positions, 1, self.n_dims, dtype=store_dtype)  # then the mean
+                total = batch.new_zeros(positions, 1, self.n_dims, dtype=torch.float64)
                 gram = batch.new_zeros(positions, self.n_dims, self.n_dims, dtype=store_dtype)
+                reserved = total.numel() * total.element_size()
             elif tuple(batch.shape[2:]) != grid:
                 raise ValueError(f"training batches disagree on the grid: {grid} then {tuple(batch.shape[2:])}")
-            for part, x in self._chunks(batch, dtype):
+            step = self._step(batch.shape[0], batch.device, positions, store_dtype, dtype, reserved)
+            for part, x in self._chunks(batch, dtype, step=step):
                 if count == 0:
                     shift[part] = x.mean(dim=1, keepdim=True)
                 x -= shift[part].to(dtype)
@@ -222,14 +271,15 @@ class PaDiM(nn.Module):
                 gram[part] += torch.bmm(x.mT, x)
             count += batch.shape[0]
         self._check_count(count)
-        offset = total / count                                             # (P, 1, C), float64
-        step = self._step(0, gram.device)
-        for start in range(0, gram.shape[0], step):
+        step = self._step(0, gram.device, positions, store_dtype, dtype, reserved)
+        for start in range(0, positions, step):
             part = slice(start, start + step)
-            centre = offset[part].to(dtype)
+            offset = total[part].div_(count)                               # (p, 1, C), float64
+            centre = offset.to(dtype)
             covariance = gram[part].to(dtype).baddbmm_(centre.mT, centre, alpha=-count).div_(count - 1)
             self._factorise_into(gram, part, covariance, grid, count)
-        return (shift + offset).squeeze(1).to(store_dtype), gram, grid
+            shift[part] = offset.add_(shift[part])                         # the mean
+        return shift.squeeze(1), gram, grid
 
     @staticmethod
     def _check_count(count: int) -> None:
@@ -238,16 +288,16 @@ class PaDiM(nn.Module):
 
     def _factorise_into(self, whitening: Tensor, part: slice, covariance: Tensor,
                         grid: tuple[int, int], count: int) -> None:
-        """Add ``eps I`` to the ``(p, C, C)`` covariances of the positions ``part``, check them and
-        write their ``W`` into ``whitening[part]`` (any dtype)."""
+        """Add ``eps I`` to the ``(p, C, C)`` covariances of the positions ``part``, check them,
+        overwrite them with their ``W`` and copy that into ``whitening[part]`` (any dtype)."""
         covariance.diagonal(dim1=1, dim2=2).add_(float(self.eps))
         if not torch.isfinite(covariance).all():
             raise ValueError("training embeddings contain NaN or inf values (the covariance is not finite); "
                              "check the backbone's input images and features")
-        w, failed = whiten(covariance)
+        failed = whiten_(covariance)
         if failed.any():
             raise self._singular_covariance_error(part.start + int(failed.nonzero()[0, 0]), grid, count)
-        whitening[part] = w
+        whitening[part] = covariance
 
     def _singular_covariance_error(self, position: int, grid: tuple[int, int], count: int) -> ValueError:
         """The error for a ``Sigma + eps I`` without Cholesky factor at flat ``position`` of ``grid``,
@@ -277,11 +327,16 @@ class PaDiM(nn.Module):
 
         ``d = ||W (x - mu)||``: the subtraction first (exact for nearby floats, so means far
         larger than the spread lose no digits), then batched matrix products over positions and
-        images, in the stored dtype, on the model's device (the embeddings are moved there).
+        images, in the stored dtype, on the model's device. Embeddings on another device raise
+        ``ValueError`` (a model rebuilt on the CPU and fed GPU embeddings would otherwise score
+        on the CPU, with other roundings: load it with :func:`utils.models.load_state`).
         NaN or inf in the kept channels raise ``ValueError``.
         """
         self._check_fitted()
         self._check_embeddings(embeddings)
+        if embeddings.device != self.whitening.device:
+            raise ValueError(f"embeddings are on {embeddings.device}, the fitted model on "
+                             f"{self.whitening.device}: move one of them so both are on one device")
         b, _, h, w = embeddings.shape
         if [h, w] != self.grid.tolist():
             raise ValueError(f"embeddings are on a {h}x{w} grid, the model was fitted on "
