@@ -10,10 +10,22 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import mahalanobis
 
-from tests.references import knn_brute_force
+import utils.anomaly as anomaly_module
 import utils.padim as padim_module
-from utils.anomaly import (anomaly_maps, concat_taps, embed, fit_pca, gaussian_blur, image_scores,
-                           knn_patch_scores, nearest_distances, project, select_dims)
+from tests.references import knn_brute_force
+from utils.anomaly import (
+    anomaly_maps,
+    concat_taps,
+    embed,
+    fit_pca,
+    gaussian_blur,
+    image_scores,
+    knn_patch_scores,
+    nearest_distances,
+    project,
+    search_method,
+    select_dims,
+)
 from utils.padim import PaDiM
 
 
@@ -130,6 +142,7 @@ def test_streaming_fit_equals_one_batch_and_survives_large_offsets():
     streamed = PaDiM(6).fit(train.split(5), store_dtype=torch.float64)
     mean, cov = slow_fit(train.double().numpy())
     np.testing.assert_allclose(streamed.mean.numpy(), whole.mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(streamed.mean.numpy(), mean, rtol=1e-12)
     np.testing.assert_allclose(np.linalg.inv(streamed.precision.numpy()), cov, rtol=1e-7, atol=1e-9)
 
 
@@ -218,45 +231,86 @@ def k_smallest_distances(memory: torch.Tensor, queries: torch.Tensor, k: int) ->
     return knn_brute_force(memory, queries, k).reshape(len(queries), k)
 
 
+METHODS = ["screen", "brute"]
+
+
+@pytest.fixture
+def small_brute_blocks(monkeypatch):
+    """The brute-force method in blocks of 64 memory vectors and 5 queries (a GPU uses 2^16 and
+    2^10), so that its merge over blocks and its query chunks are exercised on small inputs."""
+    monkeypatch.setattr(anomaly_module, "BRUTE_BLOCK", 64)
+    monkeypatch.setattr(anomaly_module, "BRUTE_VALUES", 64 * 5)
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("n,k,chunk", [(1, 1, 4), (63, 1, 5), (64, 3, 64), (65, 5, 7), (700, 1, 33),
                                        (1000, 4, 1024), (130, 130, 9)])
-def test_nearest_distances_match_brute_force(n, k, chunk):
+def test_nearest_distances_match_brute_force(n, k, chunk, method, small_brute_blocks):
     # sizes around the 64-vector tiles and 512-vector blocks, k above the number of tiles
     g = torch.Generator().manual_seed(n)
     memory, queries = torch.randn(n, 8, generator=g), torch.randn(40, 8, generator=g)
     queries[:3] = memory[:3]                                   # distance exactly 0
-    np.testing.assert_allclose(nearest_distances(memory, queries, k, chunk).double().numpy(),
+    np.testing.assert_allclose(nearest_distances(memory, queries, k, chunk, method).double().numpy(),
                                k_smallest_distances(memory, queries, k), rtol=1e-5, atol=1e-6)
 
 
-def test_nearest_distances_exact_where_float32_products_cancel():
+def test_search_method_by_device():
+    assert search_method("auto", torch.device("cpu")) == "screen"
+    assert search_method("auto", torch.device("cuda")) == "brute"
+    assert search_method("auto", "meta") == "brute"
+    assert search_method("screen", "cuda") == "screen" and search_method("brute", "cpu") == "brute"
+    with pytest.raises(ValueError, match="unknown search method 'kdtree'"):
+        search_method("kdtree", "cpu")
+
+
+def test_brute_force_keeps_the_proof_or_falls_back_to_the_screen(monkeypatch, small_brute_blocks):
+    # 300 memory vectors at one point, 2 far away: k + BRUTE_EXTRA candidates cannot prove that
+    # the tied vectors left out are no nearer, so those queries go through the screen
+    memory = torch.cat([torch.ones(300, 8), 5 * torch.ones(2, 8)])
+    queries = torch.randn(9, 8, generator=torch.Generator().manual_seed(3))
+    calls = []
+    screen = anomaly_module._screen
+    monkeypatch.setattr(anomaly_module, "_screen", lambda *a: calls.append(len(a[1])) or screen(*a))
+    got = nearest_distances(memory, queries, 3, method="brute")
+    np.testing.assert_allclose(got.double().numpy(), k_smallest_distances(memory, queries, 3), rtol=1e-6)
+    assert sum(calls) == 9
+    calls.clear()
+    spread = torch.randn(300, 8, generator=torch.Generator().manual_seed(4))
+    nearest_distances(spread, queries, 3, method="brute")
+    assert calls == []                                          # proven without the screen
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nearest_distances_exact_where_float32_products_cancel(method, small_brute_blocks):
     # vectors of norm ~400 whose neighbours differ by ~1e-2: ||m||^2 - 2 q.m loses about 3 digits
     # in float32, more than the gaps between neighbours, so only the proven screen keeps the true one
     g = torch.Generator().manual_seed(0)
     centre = 50 * torch.ones(64)
     memory = centre + 1e-2 * torch.randn(3000, 64, generator=g)
     queries = centre + 1e-2 * torch.randn(200, 64, generator=g)
-    got = nearest_distances(memory, queries, 2, chunk=64).double().numpy()
+    got = nearest_distances(memory, queries, 2, chunk=64, method=method).double().numpy()
     np.testing.assert_allclose(got, k_smallest_distances(memory, queries, 2), rtol=1e-5)
 
 
-def test_nearest_distances_with_ties_and_float64():
+@pytest.mark.parametrize("method", METHODS)
+def test_nearest_distances_with_ties_and_float64(method):
     memory = torch.ones(500, 8, dtype=torch.float64)             # every vector equally near
     queries = torch.randn(9, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    got = nearest_distances(memory, queries, 3)
+    got = nearest_distances(memory, queries, 3, method=method)
     assert got.dtype == torch.float64
     np.testing.assert_allclose(got.numpy(), k_smallest_distances(memory, queries, 3), rtol=1e-12)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("precision", ["high", "medium"])
-def test_nearest_distances_exact_with_reduced_precision_products_allowed(precision):
+def test_nearest_distances_exact_with_reduced_precision_products_allowed(precision, method):
     # TF32 / bfloat16 products (GPU, some CPUs) widen the screen's bound instead of breaking it
     g = torch.Generator().manual_seed(5)
     memory, queries = torch.tanh(torch.randn(2000, 64, generator=g)), torch.tanh(torch.randn(50, 64, generator=g))
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
-        got = nearest_distances(memory, queries, 2)
+        got = nearest_distances(memory, queries, 2, method=method)
     finally:
         torch.set_float32_matmul_precision(previous)
     np.testing.assert_allclose(got.double().numpy(), k_smallest_distances(memory, queries, 2), rtol=1e-5)
@@ -270,7 +324,11 @@ def test_nearest_distances_rejects_bad_input():
         nearest_distances(memory, queries, k=11)
     with pytest.raises(ValueError, match="share dtype"):
         nearest_distances(memory, queries.double())
-    assert nearest_distances(memory, queries[:0], k=2).shape == (0, 2)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        nearest_distances(memory, queries, chunk=0)
+    with pytest.raises(ValueError, match="unknown search method"):
+        nearest_distances(memory, queries, method="fast")
+    assert nearest_distances(memory, queries[:0], k=2, method="brute").shape == (0, 2)
     queries[1, 2] = float("nan")
     with pytest.raises(ValueError, match="queries must be finite"):
         nearest_distances(memory, queries)

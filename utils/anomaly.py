@@ -30,9 +30,24 @@ from . import metrics
 from .cam import upsample_maps
 from .models import extract_features, normalize
 
-__all__ = ["concat_taps", "embed", "select_dims", "gaussian_kernel", "gaussian_blur", "anomaly_maps",
-           "image_scores", "knn_patch_scores", "nearest_distances", "fit_pca", "project", "METRICS", "scores_of",
-           "score_batches", "evaluate"]
+__all__ = [
+    "METRICS",
+    "anomaly_maps",
+    "concat_taps",
+    "embed",
+    "evaluate",
+    "fit_pca",
+    "gaussian_blur",
+    "gaussian_kernel",
+    "image_scores",
+    "knn_patch_scores",
+    "nearest_distances",
+    "project",
+    "score_batches",
+    "scores_of",
+    "search_method",
+    "select_dims",
+]
 
 
 def concat_taps(maps: Sequence[Tensor]) -> Tensor:
@@ -208,16 +223,39 @@ def knn_patch_scores(train: Tensor, test: Tensor, k: int = 1, chunk: int | None 
 
 TILE = 64    # memory vectors per tile: the screen keeps each tile's smallest product only
 BLOCK = 512  # memory vectors per matrix product: a chunk x BLOCK block stays in the CPU's cache
+#: The brute-force search (GPU): memory vectors per matrix product, values per product block,
+#: and candidates kept per query beyond k for the exact recheck.
+BRUTE_BLOCK = 2**16
+BRUTE_VALUES = 2**26
+BRUTE_EXTRA = 7
+SEARCH_METHODS = ("auto", "screen", "brute")
+
+
+def search_method(method: str, device: torch.device | str) -> str:
+    """The exact nearest-neighbour algorithm :func:`nearest_distances` runs on ``device``:
+    ``"auto"`` -> ``"screen"`` on a CPU (a proven screen of tile minima, then exact distances in
+    the surviving tiles: 32x faster than brute force on 2 cores) and ``"brute"`` elsewhere (on a
+    GPU the screen's gathers and host round trips lost 12x to blocked matrix products);
+    ``"screen"`` and ``"brute"`` are returned as they are."""
+    if method not in SEARCH_METHODS:
+        raise ValueError(f"unknown search method {method!r}; choose one of {SEARCH_METHODS}")
+    if method != "auto":
+        return method
+    return "screen" if torch.device(device).type == "cpu" else "brute"
 
 
 @torch.no_grad()
-def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 1024) -> Tensor:
+def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 1024,
+                      method: str = "auto") -> Tensor:
     """Exact Euclidean distances from each query to its ``k`` nearest memory vectors, ascending.
 
-    ``memory``: ``(N, C)``; ``queries``: ``(Q, C)``, same dtype. Returns ``(Q, k)``, equal to a
-    brute-force search up to float rounding (ties may pick a different but equally near vector).
+    ``memory``: ``(N, C)``; ``queries``: ``(Q, C)``, same dtype and device. Returns ``(Q, k)``,
+    equal to a brute-force search up to float rounding (ties may pick a different but equally
+    near vector). ``method`` picks the algorithm (:func:`search_method`): ``"auto"`` (the
+    default) is ``"screen"`` on a CPU and ``"brute"`` on any other device; both are exact.
 
-    A screen, then an exact pass. The screen computes ``s(q, m) = ||m||^2 - 2 q.m`` (the squared
+    ``"screen"`` (fastest on a few CPU cores, where the exact pass stays small and in cache):
+    a screen, then an exact pass. The screen computes ``s(q, m) = ||m||^2 - 2 q.m`` (the squared
     distance minus ``||q||^2``, which does not change the order) for all pairs with one matrix
     product per ``chunk x BLOCK`` block and keeps only the minimum of each tile of ``TILE``
     consecutive memory vectors (the last tile may be shorter).
@@ -229,6 +267,15 @@ def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 
     ``<= v``, so the ``k`` true nearest have true ``s <= v + tau`` and screened ``s <= v + 2 tau``:
     every tile whose minimum is above ``v + 2 tau`` is provably out. The remaining tiles (usually
     one per query) are measured exactly as ``||q - m||``.
+
+    ``"brute"`` (fastest on a GPU, where large matrix products and ``topk`` are cheap and
+    gathers and host round trips are not): for blocks of ``chunk_q x BRUTE_BLOCK`` pairs (about
+    :data:`BRUTE_VALUES` values each) the same ``s`` by one matrix product, and the
+    ``k + BRUTE_EXTRA`` smallest per query kept (``topk``, merged over blocks); those are
+    measured exactly as ``||q - m||`` and the ``k`` smallest returned. The same bound proves it
+    exact: if the largest kept screened value is above ``v + 2 tau`` (``v`` the ``k``-th
+    smallest), every vector left out is out; a query without that proof (many near-ties) is
+    searched again by the screen.
     """
     if memory.ndim != 2 or queries.ndim != 2 or memory.shape[1] != queries.shape[1]:
         raise ValueError(f"memory and queries must be (N, C) and (Q, C), got {tuple(memory.shape)} "
@@ -238,15 +285,34 @@ def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 
                          f"{memory.device} and {queries.dtype} on {queries.device}")
     if not 1 <= k <= memory.shape[0]:
         raise ValueError(f"k must be in [1, {memory.shape[0]}], got {k}")
-    n, c = memory.shape
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    method = search_method(method, memory.device)
     if len(queries) == 0:
         return memory.new_empty(0, k)
     squared = torch.einsum("nc,nc->n", memory, memory)
     _require_finite(squared, "memory")
+    slack = _screen_slack(memory, squared)
+    if method == "brute":
+        return _brute_force(memory, queries, k, squared, slack)
+    return _screen(memory, queries, k, chunk, squared, slack)
+
+
+def _screen_slack(memory: Tensor, squared: Tensor) -> tuple[float, Tensor, Tensor]:
+    """``(g, R, S)`` such that ``2 tau(q) = g (2 ||q|| R + 2 S)`` bounds twice the rounding of every
+    screened value ``||m||^2 - 2 q.m`` (doubled again for safety: ``g = 4 gamma_{C+1}``)."""
     eps = _product_roundoff(memory.dtype)
+    c = memory.shape[1]
     gamma = (c + 1) * eps / (1 - (c + 1) * eps)
     top = squared.max()
-    radius = top.sqrt() * (1 + eps)
+    return 4 * gamma, top.sqrt() * (1 + eps), top
+
+
+def _screen(memory: Tensor, queries: Tensor, k: int, chunk: int, squared: Tensor,
+            slack: tuple[float, Tensor, Tensor]) -> Tensor:
+    """The ``"screen"`` method of :func:`nearest_distances` (tile minima, then exact tiles)."""
+    g, radius, top = slack
+    n = memory.shape[0]
     n_tiles = -(-n // TILE)
     block = min(BLOCK, n)
     buffer = memory.new_empty(min(chunk, len(queries)) * block)      # reused by every product
@@ -265,8 +331,40 @@ def nearest_distances(memory: Tensor, queries: Tensor, k: int = 1, chunk: int = 
                 minima[:, -1] = products[:, whole:].amin(dim=1)
         limit = (minima.topk(k, dim=1, largest=False).values[:, -1] if k <= n_tiles
                  else minima.new_full((len(q),), float("inf")))
-        limit = limit + 4 * gamma * (2 * norms * radius + 2 * top)   # + 2 tau, doubled
+        limit = limit + g * (2 * norms * radius + 2 * top)   # + 2 tau, doubled
         out.append(_smallest_in_tiles(q, memory, minima <= limit[:, None], k))
+    return torch.cat(out)
+
+
+def _brute_force(memory: Tensor, queries: Tensor, k: int, squared: Tensor,
+                 slack: tuple[float, Tensor, Tensor]) -> Tensor:
+    """The ``"brute"`` method of :func:`nearest_distances`: blocked products, ``topk`` of
+    ``k + BRUTE_EXTRA`` candidates, exact recheck, proof per query (else the screen)."""
+    g, radius, top = slack
+    n = memory.shape[0]
+    keep = min(n, k + BRUTE_EXTRA)
+    block = min(n, BRUTE_BLOCK)
+    step = max(1, BRUTE_VALUES // block)
+    out = []
+    for q in queries.split(step):
+        norms = q.norm(dim=1)
+        _require_finite(norms, "queries")
+        values, index = None, None
+        for start in range(0, n, block):
+            products = torch.addmm(squared[start:start + block], q, memory[start:start + block].T, alpha=-2)
+            v, i = products.topk(min(keep, products.shape[1]), dim=1, largest=False)
+            if values is not None:
+                merged = torch.cat([values, v], dim=1)
+                v, picked = merged.topk(min(keep, merged.shape[1]), dim=1, largest=False)
+                i = torch.cat([index, i + start], dim=1).gather(1, picked)
+            values, index = v, i
+        limit = values[:, k - 1] + g * (2 * norms * radius + 2 * top)
+        proven = values[:, -1] > limit if keep < n else torch.ones_like(limit, dtype=torch.bool)
+        exact = (q[:, None, :] - memory[index]).norm(dim=2).topk(k, dim=1, largest=False).values
+        if not bool(proven.all()):
+            unproven = (~proven).nonzero().squeeze(1)
+            exact[unproven] = _screen(memory, q[unproven], k, len(unproven), squared, slack)
+        out.append(exact)
     return torch.cat(out)
 
 
