@@ -577,8 +577,19 @@ def make_anomaly_set(seed: int = 0) -> Path:
 
     Per category: ``train/good/NNN.png`` (50), ``test/good`` (10), ``test/<defect>`` (6 each
     of scratch, stain, hole, cut_paste) and ``ground_truth/<defect>/NNN_mask.png`` (0/255).
+    A cache that cannot be written (read-only) raises ``PermissionError`` naming the folder and
+    ``$CVBOOK_CACHE``.
     """
-    return _cached("anomaly", seed, _build_anomaly)
+    import errno
+
+    try:
+        return _cached("anomaly", seed, _build_anomaly)
+    except OSError as err:  # a read-only cache: say where, and how to choose another
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        folder = dataset_dir("anomaly", seed).parent
+        raise PermissionError(err.errno, f"cannot write the generated dataset into {folder} "
+                              f"({err.strerror}); set ${config.CACHE_ENV} to a writable folder") from err
 
 
 def file_hashes(root: str | Path) -> dict[str, str]:
