@@ -3,8 +3,20 @@ import pytest
 import torch
 from torch import nn
 
-from utils.cam import (CAM_LOSS_VARIANTS, cam_loss, cam_loss_alpha, cam_loss_terms, class_activation_maps,
-                       class_agnostic_map, label_cam, minmax_normalize, normalize_maps, parameters_reached)
+from utils.cam import (
+    CAM_LOSS_VARIANTS,
+    caam_cam_distillation_loss,
+    cam_loss,
+    cam_loss_alpha,
+    cam_loss_terms,
+    class_activation_maps,
+    class_agnostic_map,
+    label_cam,
+    minmax_normalize,
+    normalize_maps,
+    parameters_reached,
+    teacher_cam_targets,
+)
 from utils.models import gap_head
 
 
@@ -143,3 +155,91 @@ def test_bad_variant_and_alpha_schedule():
     assert cam_loss_alpha(3, start_epoch=3, alpha=0.5) == 0.5
     with pytest.raises(ValueError, match="1-based"):
         cam_loss_alpha(0)
+
+
+# --- CAAM-CAM matching distillation -------------------------------------------------------
+
+
+def test_teacher_cam_target_hand_example():
+    # CAM of class 0 = ch0 - ch1 = [[1, 1], [3, 3]] -> normalised [[0, 0], [1, 1]]
+    weight = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+    target = teacher_cam_targets(hand_features(), weight, torch.tensor([0]), eps=0.0)
+    torch.testing.assert_close(target, torch.tensor([[[0.0, 0.0], [1.0, 1.0]]]))
+
+
+def test_distillation_loss_hand_example():
+    # student CAAM: one channel [[1, 3], [3, 5]] -> [[0, .5], [.5, 1]]; teacher CAM of
+    # class 0 (hand_features) -> [[0, 0], [1, 1]]; mean |difference| = (0 + .5 + .5 + 0) / 4
+    student = torch.tensor([[[[1.0, 3.0], [3.0, 5.0]]]])
+    weight = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+    loss = caam_cam_distillation_loss(
+        student, hand_features(), weight, torch.tensor([0]), eps=0.0
+    )
+    torch.testing.assert_close(loss, torch.tensor(0.25))
+
+
+def test_distillation_loss_is_zero_when_the_maps_match():
+    g = torch.Generator().manual_seed(3)
+    teacher = torch.rand(3, 5, 4, 4, generator=g)
+    weight = torch.rand(4, 5, generator=g)
+    labels = torch.tensor([0, 3, 1])
+    cam = label_cam(teacher, weight, labels)
+    # a student whose channels sum to 2 * CAM + 1: same map after normalising
+    student = torch.stack([cam, cam + 1.0], dim=1)
+    assert caam_cam_distillation_loss(student, teacher, weight, labels).item() < 1e-6
+    # the teacher's own features and a weight of all-equal rows: CAM = CAAM up to scale
+    flat = torch.full((4, 5), 0.3)
+    assert caam_cam_distillation_loss(teacher, teacher, flat, labels).item() < 1e-6
+
+
+def test_distillation_gradient_reaches_the_student_only():
+    g = torch.Generator().manual_seed(4)
+    student = torch.rand(2, 3, 4, 4, generator=g).requires_grad_()
+    teacher = torch.rand(2, 5, 4, 4, generator=g).requires_grad_()
+    weight = torch.rand(3, 5, generator=g).requires_grad_()
+    loss = caam_cam_distillation_loss(student, teacher, weight, torch.tensor([2, 0]))
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert teacher.grad is None and weight.grad is None
+
+
+def test_distillation_resizes_the_teacher_map_to_the_student_grid():
+    # bilinear, align_corners=False, exactly halving: each output is a 2x2 block mean
+    g = torch.Generator().manual_seed(5)
+    teacher = torch.rand(2, 3, 8, 6, generator=g)
+    weight = torch.rand(2, 3, generator=g)
+    labels = torch.tensor([1, 0])
+    target = teacher_cam_targets(teacher, weight, labels, size=(4, 3))
+    pooled = torch.nn.functional.avg_pool2d(label_cam(teacher, weight, labels)[:, None], 2)
+    torch.testing.assert_close(target, minmax_normalize(pooled[:, 0]))
+    student = torch.rand(2, 7, 4, 3, generator=g)
+    by_hand = (minmax_normalize(student.sum(1)) - target).abs().mean()
+    torch.testing.assert_close(
+        caam_cam_distillation_loss(student, teacher, weight, labels), by_hand
+    )
+    # the student may also be larger than the teacher
+    big = torch.rand(2, 7, 16, 12, generator=g)
+    assert caam_cam_distillation_loss(big, teacher, weight, labels).shape == ()
+
+
+@pytest.mark.parametrize(
+    "student_shape, teacher_shape, weight_shape, labels, match",
+    [
+        ((2, 3, 4, 4), (2, 5, 4), (3, 5), [0, 1], "teacher features"),
+        ((2, 3, 4), (2, 5, 4, 4), (3, 5), [0, 1], "student features"),
+        ((3, 3, 4, 4), (2, 5, 4, 4), (3, 5), [0, 1], "batch size"),
+        ((2, 3, 4, 4), (2, 5, 4, 4), (3, 4), [0, 1], "teacher_weight"),
+        ((2, 3, 4, 4), (2, 5, 4, 4), (3, 5), [0], "labels"),
+        ((2, 3, 4, 4), (2, 5, 4, 4), (3, 5), [0.0, 1.0], "labels"),
+    ],
+)
+def test_distillation_bad_shapes_raise_clear_errors(
+    student_shape, teacher_shape, weight_shape, labels, match
+):
+    with pytest.raises(ValueError, match=match):
+        caam_cam_distillation_loss(
+            torch.zeros(student_shape),
+            torch.zeros(teacher_shape),
+            torch.zeros(weight_shape),
+            torch.tensor(labels),
+        )
