@@ -143,3 +143,40 @@ def test_run_times_have_one_source_each():
             assert f"{{{{ {name} }}}}" in setup, f"setup.md must use {{{{ {name} }}}}"
         assert not re.search(r"full profile[^.]*\b(minutes|hours?)\b", " ".join(header.split())), \
             f"{path.name}: a full-profile run time typed in the header instead of the substitution"
+
+
+def test_citation_file_passes_the_cff_schema():
+    exe = Path(sys.executable).with_name("check-jsonschema")
+    out = subprocess.run([str(exe), "--builtin-schema", "vendor.citation-file-format", str(ROOT / "CITATION.cff")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["repository-code"] == yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def test_licence_says_which_files_are_code_and_which_are_text():
+    licence = (ROOT / "LICENSE").read_text()
+    assert "MIT License" in licence and "CC BY 4.0" in licence
+    for path in ("utils/", "tools/", "tests/", "book/", "notebooks/"):
+        assert path in licence, path
+
+
+def test_scoreboard_shows_a_transposition_as_printed_and_counts_every_row():
+    rows = [{"claim": "share", "ours": 1.906, "paper": 1.19, "unit": "%", "profile": "tiny", "note": "",
+             "status": "gap"},
+            {"claim": "count", "ours": 568.7, "paper": 569.0, "unit": "M", "profile": "tiny", "note": "",
+             "status": "reproduced"},
+            {"claim": "auroc", "ours": 81.26, "paper": 95.3, "unit": "%", "profile": "full", "note": "",
+             "status": "gap"},
+            {"claim": "acc", "ours": 97.33, "paper": None, "unit": "%", "profile": "tiny", "note": "",
+             "status": "ours only"}]
+    page = scoreboard.render({"99_test.tiny": rows})
+    assert "| share | 1.19 % | 1.906 % | misprint: printed 1.19, counted 1.91 | tiny |" in page
+    assert "| count | 569 M | 568.7 M | reproduced |" in page
+    assert "| auroc | 95.3 % | 81.26 % | gap |" in page, "a real gap stays a gap"
+    assert "| acc | – | 97.33 % | ours only |" in page
+    summary = page.split("## Summary")[1].split("\n## ")[0]
+    assert "| chapter | reproduced | gap | misprint | not comparable | ours only | rows |" in summary
+    assert "| **all** | **1** | **1** | **1** | **0** | **1** | **4** |" in summary
+    assert not scoreboard._transposed(1.19, 1.19) and not scoreboard._transposed(12.3, 31.2)
+    assert scoreboard._transposed(12.3, 13.2) and scoreboard._transposed(56.4, 65.4)

@@ -21,22 +21,63 @@ NOTEBOOKS = ROOT / "notebooks"
 HEADER = """# Scoreboard: papers vs ours
 
 Every number below was measured by a notebook of this book and written by
-`utils.results.record`; nothing is typed in by hand. *tiny* rows come from the offline
-CPU profile (generated data, EfficientNet-Lite0), so they are **not comparable** to the
-papers' numbers even where a paper value is shown for orientation, except for values that do
-not depend on the profile (the MobileNet chapter's counts by formula), which are compared in
-any profile; *full* rows come from the paper's own setting. Status: `reproduced` (within
-tolerance of the paper), `gap` (outside it; the chapter explains why), `not comparable (tiny
-profile)`, `ours only`.
+`utils.results.record`; nothing is typed in by hand. Numbers are shown with the digits recorded:
+the paper's as printed, ours to four significant digits.
+
+*tiny* rows come from the offline CPU profile (generated data, EfficientNet-Lite0), so they are
+**not comparable** with the papers' numbers even where a paper value is shown for orientation,
+except for values that do not depend on the profile (the MobileNet chapter's counts by
+formula), which are compared in any profile. *full* rows come from the paper's own setting.
+
+Status: `reproduced` (within tolerance of the paper), `gap` (outside it; the chapter explains
+why), `misprint` (the paper's printed value is our value with two adjacent digits swapped),
+`not comparable` (tiny profile), `ours only` (no paper number).
 
 """
 
+#: Statuses in the order of the summary's columns; a status not listed gets a column after them.
+STATUSES = ("reproduced", "gap", "misprint", "not comparable", "ours only")
 
-def _fmt(value: float | None, unit: str | None) -> str:
-    """Numbers as the papers print them: percentages with one decimal, others 4 significant digits."""
+
+def _decimals(value: float) -> int:
+    """How many decimals ``value`` was written with (as Python prints it: 1.19 -> 2, 462.0 -> 0)."""
+    text = repr(float(value))
+    return 0 if text.endswith(".0") or "e" in text else len(text.split(".")[1])
+
+
+def _fmt(value: float | None, unit: str | None = None) -> str:
+    """A number with the digits it was recorded with (up to 6 significant), and its unit."""
     if value is None:
         return "–"
-    return f"{value:.1f}" if unit == "%" else f"{value:.4g}"
+    text = f"{value:,.6g}"
+    return f"{text} {unit}" if unit else text
+
+
+def _transposed(paper: float | None, ours: float) -> bool:
+    """Whether ``paper`` is ``ours`` (at the paper's printed precision) with two adjacent
+    digits swapped, e.g. 1.19 printed for 1.906 (1.91): a misprint, not a gap."""
+    if paper is None:
+        return False
+    printed, counted = (f"{v:.{_decimals(paper)}f}".replace(".", "") for v in (paper, ours))
+    if printed == counted or len(printed) != len(counted):
+        return False
+    diff = [i for i, (a, b) in enumerate(zip(printed, counted)) if a != b]
+    return len(diff) == 2 and diff[1] == diff[0] + 1 and printed[diff[0]] == counted[diff[1]] \
+        and printed[diff[1]] == counted[diff[0]]
+
+
+def status(row: dict) -> str:
+    """The status shown for a recorded row: as recorded, except a gap that is a misprint in the
+    paper (adjacent digits swapped) and the tiny profile's long form shortened."""
+    recorded = row["status"]
+    if recorded == "gap" and _transposed(row.get("paper"), row["ours"]):
+        decimals = _decimals(row["paper"])
+        return f"misprint: printed {row['paper']:.{decimals}f}, counted {row['ours']:.{decimals}f}"
+    return recorded.removesuffix(" (tiny profile)")
+
+
+def _kind(shown: str) -> str:
+    return shown.split(":")[0]
 
 
 def _cell(text: object) -> str:
@@ -54,25 +95,51 @@ def _title(stem: str) -> str:
     return stem
 
 
+def _short(stem: str) -> str:
+    """'02 Class Activation Maps' from the stem and the title's part before a colon."""
+    return f"{stem[:2]} {_title(stem).split(':')[0].strip()}"
+
+
+def summary(chapters: dict[str, list[dict]]) -> list[str]:
+    """The summary table: rows per chapter and per status, with totals."""
+    kinds = list(STATUSES) + sorted({_kind(status(r)) for rows in chapters.values() for r in rows}
+                                    - set(STATUSES))
+    lines = ["## Summary", "", "| chapter | " + " | ".join(kinds) + " | rows |",
+             "|---|" + "---:|" * (len(kinds) + 1)]
+    totals = dict.fromkeys(kinds, 0)
+    for chapter, rows in chapters.items():
+        counts = dict.fromkeys(kinds, 0)
+        for row in rows:
+            counts[_kind(status(row))] += 1
+        totals = {k: totals[k] + counts[k] for k in kinds}
+        lines.append(f"| [{_cell(_short(chapter))}](../notebooks/{chapter}.ipynb) | "
+                     + " | ".join(str(counts[k]) for k in kinds) + f" | {len(rows)} |")
+    lines.append("| **all** | " + " | ".join(f"**{totals[k]}**" for k in kinds)
+                 + f" | **{sum(totals.values())}** |")
+    return lines + [""]
+
+
 def render(results: dict[str, list[dict]]) -> str:
-    """The scoreboard page as Markdown: per chapter (a link to it), one table row per claim,
-    with the paper's number, ours, the unit, the profile, the status and where the paper's
+    """The scoreboard page as Markdown: a summary, then per chapter (a link to it) one table row
+    per claim, with the paper's number, ours, the profile, the status and where the paper's
     number comes from (or what ours was measured on)."""
     lines = [HEADER]
     chapters: dict[str, list[dict]] = {}
     for stem, rows in results.items():
         chapters.setdefault(stem.rsplit(".", 1)[0], []).extend(rows)
+    if not chapters:
+        lines.append("No results recorded yet.")
+        return "\n".join(lines).rstrip("\n") + "\n"
+    lines += summary(chapters)
     for chapter, rows in chapters.items():
         lines += [f"## [{_cell(_title(chapter))}](../notebooks/{chapter}.ipynb)", "",
-                  "| claim | paper | ours | unit | profile | status | source and setting |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| claim | paper | ours | status | profile | source and setting |",
+                  "|---|---|---|---|---|---|"]
         for row in rows:
             unit = row.get("unit") or ""
             lines.append(f"| {_cell(row['claim'])} | {_fmt(row['paper'], unit)} | {_fmt(row['ours'], unit)} | "
-                         f"{_cell(unit)} | {row['profile']} | {row['status']} | {_cell(row.get('note') or '')} |")
+                         f"{_cell(status(row))} | {row['profile']} | {_cell(row.get('note') or '')} |")
         lines.append("")
-    if not chapters:
-        lines.append("No results recorded yet.")
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
