@@ -280,7 +280,7 @@ def is_verified(entry: RemoteFile, path: str | os.PathLike) -> bool:
         stamp = _stamp(entry, path.stat())
     except OSError:
         return False
-    marker = _marker(path) if path.parent == downloads_dir() else _user_marker(path)
+    marker = _marker(path) if downloads_dir() in path.parents else _user_marker(path)
     return _is_remembered(path, marker, stamp)
 
 
