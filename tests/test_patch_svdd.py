@@ -196,3 +196,184 @@ def test_bad_inputs():
         ps.crop_patches(torch.zeros(1, 3, 10, 10), torch.tensor([0]), torch.tensor([[5, 0]]), 8)
     with pytest.raises(ValueError, match="needs the test images"):
         anomaly.evaluate(lambda x: x, torch.zeros(1, 4, 4, dtype=torch.bool), torch.tensor([0]))
+
+
+def _classifiers() -> nn.ModuleDict:
+    return nn.ModuleDict({"64": ps.PositionClassifier(), "32": ps.PositionClassifier()})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_train_refuses_non_finite_images_before_touching_the_weights(bad):
+    torch.manual_seed(8)
+    encoder = ps.Encoder64()
+    before = [p.clone() for p in encoder.parameters()]
+    images = torch.rand(3, 3, 128, 128)
+    images[1, 0, 5, 5] = bad
+    with pytest.raises(ValueError, match="NaN or inf.*1 of 3 images"):
+        ps.train(encoder, _classifiers(), images, epochs=1, steps=1, batch=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
+
+
+def test_train_stops_on_a_non_finite_loss_before_the_step():
+    torch.manual_seed(9)
+    encoder = ps.Encoder64()
+    classifiers = _classifiers()
+    with torch.no_grad():
+        classifiers["32"].net[-1].bias.fill_(float("inf"))  # logits inf -> loss nan
+    before = [p.clone() for p in encoder.parameters()]
+    with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
+        ps.train(encoder, classifiers, torch.rand(2, 3, 128, 128), epochs=1, steps=1, batch=2)
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters()))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(epochs=0), "epochs must be an integer >= 1"),
+        (dict(steps=0), "steps must be an integer >= 1"),
+        (dict(batch=0), "batch must be an integer >= 1"),
+        (dict(lam=-1.0), "lam must be a finite number >= 0"),
+        (dict(lam=float("nan")), "lam must be a finite number >= 0"),
+        (dict(lr=0.0), "lr must be a finite number > 0"),
+    ],
+)
+def test_train_bad_settings(kwargs, match):
+    settings = dict(epochs=1, steps=1, batch=2) | kwargs
+    with pytest.raises(ValueError, match=match):
+        ps.train(ps.Encoder64(), _classifiers(), torch.rand(2, 3, 128, 128), **settings)
+
+
+def test_train_bad_images_and_classifiers():
+    encoder = ps.Encoder64()
+    with pytest.raises(ValueError, match="holds no image"):
+        ps.train(encoder, _classifiers(), torch.rand(0, 3, 128, 128), 1, 1, 2)
+    with pytest.raises(ValueError, match="floating point"):
+        ps.train(encoder, _classifiers(), torch.zeros(2, 3, 128, 128, dtype=torch.uint8), 1, 1)
+    one = nn.ModuleDict({"64": ps.PositionClassifier()})
+    with pytest.raises(ValueError, match=r"keys \['32', '64'\]"):
+        ps.train(encoder, one, torch.rand(2, 3, 128, 128), 1, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def memory_setup():
+    encoder = lively_encoder()
+    train = torch.randn(2, 3, 96, 96)
+    codes = {"64": ps.dense_codes(encoder, train, 64, 16), "32": ps.dense_codes(encoder, train, 32, 4)}
+    return encoder, train, codes
+
+
+def test_anomaly_maps_swapped_keys_are_an_error_not_a_constant_map(memory_setup):
+    encoder, train, codes = memory_setup
+    swapped = {"64": codes["32"], "32": codes["64"]}
+    with pytest.raises(ValueError, match="keys swapped"):
+        ps.anomaly_maps(encoder, swapped, train[:1])
+
+
+def test_anomaly_maps_missing_key_names_the_expected_keys(memory_setup):
+    encoder, train, codes = memory_setup
+    with pytest.raises(ValueError, match=r"keys \['32', '64'\].*got \['64'\]"):
+        ps.anomaly_maps(encoder, {"64": codes["64"]}, train[:1])
+    with pytest.raises(ValueError, match=r"strides must be a dict with the keys \['32', '64'\]"):
+        ps.anomaly_maps(encoder, codes, train[:1], strides={"64": 16})
+
+
+def test_anomaly_maps_other_bad_memories(memory_setup):
+    encoder, train, codes = memory_setup
+    with pytest.raises(ValueError, match="same training images"):
+        ps.anomaly_maps(encoder, {"64": codes["64"][:1], "32": codes["32"]}, train[:1])
+    with pytest.raises(ValueError, match=r"must be \(N, 64, h, w\)"):
+        ps.anomaly_maps(encoder, {"64": codes["64"][0], "32": codes["32"]}, train[:1])
+    with pytest.raises(ValueError, match="other strides"):
+        ps.anomaly_maps(encoder, codes, train[:1], strides={"64": 16, "32": 8})
+    with pytest.raises(ValueError, match=r"strides\['32'\] must be an integer >= 1"):
+        ps.anomaly_maps(encoder, codes, train[:1], strides={"64": 16, "32": 0})
+    with pytest.raises(ValueError, match="float64 on cpu but the encoder is torch.float32"):
+        ps.anomaly_maps(encoder, codes, train[:1].double())
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((64, 32, 0), "stride must be an integer >= 1"),
+        ((64, 32, -4), "stride must be an integer >= 1"),
+        ((64, 0, 4), r"k \(the patch size\) must be an integer >= 1"),
+        ((64.5, 32, 4), "size must be an integer"),
+    ],
+)
+def test_grid_size_bad_values(args, match):
+    with pytest.raises(ValueError, match=match):
+        ps.grid_size(*args)
+
+
+def test_codes_and_spread_bad_strides_and_images():
+    encoder = ps.Encoder64()
+    images = torch.zeros(1, 3, 64, 64)
+    for stride in (0, -4):
+        with pytest.raises(ValueError, match="stride must be an integer >= 1"):
+            ps.dense_codes(encoder, images, 32, stride)
+        with pytest.raises(ValueError, match="stride must be an integer >= 1"):
+            ps.patch_codes(encoder, images, 32, stride)
+        with pytest.raises(ValueError, match="stride must be an integer >= 1"):
+            ps.spread(torch.zeros(1, 3, 3), 32, stride, (40, 40))
+    with pytest.raises(ValueError, match="batch must be an integer >= 1"):
+        ps.patch_codes(encoder, images, 32, 4, batch=0)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) tensor, got \(3, 64, 64\)"):
+        ps.patch_codes(encoder, images[0], 32, 4)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ps.dense_codes(encoder, torch.full((1, 3, 64, 64), float("nan")), 32, 4)
+    with pytest.raises(ValueError, match=r"size must be \(H, W\)"):
+        ps.spread(torch.zeros(1, 3, 3), 32, 4, (40,))
+
+
+def test_pairs_crops_and_losses_bad_inputs():
+    with pytest.raises(ValueError, match="n must be an integer >= 0"):
+        ps.sample_position_pairs(-1, (128, 128), 32)
+    with pytest.raises(ValueError, match="at least 4"):
+        ps.sample_position_pairs(4, (128, 128), 2)
+    with pytest.raises(ValueError, match=r"size must be \(H, W\)"):
+        ps.sample_position_pairs(4, (128,), 32)
+    with pytest.raises(ValueError, match="n must be an integer >= 0"):
+        ps.sample_svdd_pairs(-2, (128, 128), 32)
+    with pytest.raises(ValueError, match=r"k \(the patch size\) must be an integer >= 1"):
+        ps.sample_svdd_pairs(2, (128, 128), 0)
+    images = torch.randn(2, 3, 20, 20)
+    with pytest.raises(ValueError, match="integer tensors"):
+        ps.crop_patches(images, torch.tensor([0]), torch.tensor([[1.5, 2.0]]), 8)
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 1\]"):
+        ps.crop_patches(images, torch.tensor([5]), torch.tensor([[1, 2]]), 8)
+    with pytest.raises(ValueError, match=r"index must lie in \[0, 1\]"):
+        ps.crop_patches(images, torch.tensor([-1]), torch.tensor([[1, 2]]), 8)
+    with pytest.raises(ValueError, match=r"images must be \(N, C, H, W\)"):
+        ps.crop_patches(images[0], torch.tensor([0]), torch.tensor([[1, 2]]), 8)
+    with pytest.raises(ValueError, match="noise must be a finite number >= 0"):
+        ps.perturb(images, noise=float("nan"))
+    with pytest.raises(ValueError, match="shift must be a finite number >= 0"):
+        ps.perturb(images, shift=-1.0)
+    with pytest.raises(ValueError, match="floating"):
+        ps.perturb(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    classifier = ps.PositionClassifier()
+    h = torch.zeros(2, ps.D)
+    with pytest.raises(ValueError, match=r"direction indices in \[0, 7\]"):
+        ps.ssl_loss(classifier, h, h, torch.tensor([8, 0]))
+    with pytest.raises(ValueError, match=r"labels must be \(B,\) integers"):
+        ps.ssl_loss(classifier, h, h, torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="h1 and h2 must both be"):
+        classifier(h, torch.zeros(3, ps.D))
+    with pytest.raises(ValueError, match="h1 and h2 must both be"):
+        classifier(torch.zeros(2, 32), torch.zeros(2, 32))
+    with pytest.raises(ValueError, match="codes of one shape"):
+        ps.svdd_loss(h, torch.zeros(3, ps.D))
+    with pytest.raises(ValueError, match="codes of one shape"):
+        ps.svdd_loss(torch.zeros(0, ps.D), torch.zeros(0, ps.D))
+
+
+@pytest.mark.parametrize("k,stride", [(32, 4), (64, 16)])
+def test_dense_codes_equal_patch_by_patch_in_float64(k, stride):
+    """The identity is exact arithmetic: in float64 (out of reach of TF32 kernels on a GPU)
+    the two ways agree to 1e-12, not just to float32's 1e-5."""
+    encoder = lively_encoder().double()
+    images = torch.randn(1, 3, 100, 96, dtype=torch.float64)
+    dense = ps.dense_codes(encoder, images, k, stride)
+    slow = ps.patch_codes(encoder, images, k, stride)
+    assert dense.dtype == torch.float64
+    torch.testing.assert_close(dense, slow, rtol=0, atol=1e-12)

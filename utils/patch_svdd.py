@@ -21,6 +21,7 @@ Pieces, with shapes (``B`` images ``(3, H, W)``, ``D = 64`` code channels):
    to pixels as the mean over covering patches (:func:`spread`, two ``F.fold``), maps 64, 32,
    sum and product (:func:`anomaly_maps`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -32,10 +33,30 @@ from torch import Tensor, nn
 
 from .anomaly import knn_patch_scores
 
-__all__ = ["D", "N_PARAMETERS", "DIRECTIONS", "init_convs", "Encoder32", "Encoder64", "PositionClassifier",
-           "sample_position_pairs", "sample_svdd_pairs", "crop_patches", "perturb", "ssl_loss",
-           "svdd_loss", "History", "train", "patch_codes", "dense_codes", "grid_size", "spread",
-           "anomaly_maps", "MAP_NAMES"]
+__all__ = [
+    "D",
+    "N_PARAMETERS",
+    "DIRECTIONS",
+    "init_convs",
+    "Encoder32",
+    "Encoder64",
+    "PositionClassifier",
+    "sample_position_pairs",
+    "sample_svdd_pairs",
+    "crop_patches",
+    "perturb",
+    "ssl_loss",
+    "svdd_loss",
+    "History",
+    "train",
+    "patch_codes",
+    "dense_codes",
+    "grid_size",
+    "spread",
+    "anomaly_maps",
+    "MAP_NAMES",
+    "LEVELS",
+]
 
 #: Code channels of both encoders.
 D = 64
@@ -46,6 +67,46 @@ DIRECTIONS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 
 #: The maps :func:`anomaly_maps` returns.
 MAP_NAMES = ("64", "32", "sum", "product")
 _CHANNELS = (3, 32, 64, 128, 128, 64, 32, 32, D)
+#: The two levels: map name -> receptive field K.
+LEVELS = {"64": 64, "32": 32}
+
+
+def _positive_int(value: object, what: str, minimum: int = 1) -> int:
+    """``value`` as an int, or a ValueError naming ``what`` if it is not an integer >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_images(images: Tensor, what: str = "images") -> None:
+    """``images`` must be a finite floating ``(N, 3, H, W)`` tensor with ``N >= 1``."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = (
+            tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        )
+        raise ValueError(f"{what} must be a (N, 3, H, W) tensor, got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{what} holds no image: shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{what} must be floating point (normalised), got {images.dtype}"
+        )
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
+        raise ValueError(
+            f"{what} contain NaN or inf values ({bad} of {len(images)} images)"
+        )
+
+
+def _check_for_encoder(encoder: nn.Module, images: Tensor) -> None:
+    """``images`` valid and on the encoder's dtype and device (else a clear ValueError)."""
+    _check_images(images)
+    weight = next(encoder.parameters())
+    if images.dtype != weight.dtype or images.device != weight.device:
+        raise ValueError(
+            f"images are {images.dtype} on {images.device} but the encoder is "
+            f"{weight.dtype} on {weight.device}; move one to the other"
+        )
 
 
 def init_convs(module: nn.Module, init: str) -> None:
@@ -86,7 +147,9 @@ class Encoder32(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[2:]) < self.K:
-            raise ValueError(f"input must be (B, 3, H, W) with H, W >= {self.K}, got {tuple(x.shape)}")
+            raise ValueError(
+                f"input must be (B, 3, H, W) with H, W >= {self.K}, got {tuple(x.shape)}"
+            )
         return self.net(x)
 
 
@@ -104,17 +167,25 @@ class Encoder64(nn.Module):
     def __init__(self, init: str = "he") -> None:
         super().__init__()
         self.enc = Encoder32(init)
-        self.head = nn.Sequential(nn.Conv2d(D, 128, 2), nn.LeakyReLU(0.1), nn.Conv2d(128, D, 1), nn.Tanh())
+        self.head = nn.Sequential(
+            nn.Conv2d(D, 128, 2), nn.LeakyReLU(0.1), nn.Conv2d(128, D, 1), nn.Tanh()
+        )
         init_convs(self.head, init)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1:] != (3, self.K, self.K):
-            raise ValueError(f"input must be (B, 3, 64, 64) patches, got {tuple(x.shape)}; "
-                             "use dense_codes for whole images")
+            raise ValueError(
+                f"input must be (B, 3, 64, 64) patches, got {tuple(x.shape)}; "
+                "use dense_codes for whole images"
+            )
         h = Encoder32.K
-        quadrants = torch.cat([x[:, :, :h, :h], x[:, :, :h, h:], x[:, :, h:, :h], x[:, :, h:, h:]])
-        codes = self.enc(quadrants).view(4, x.shape[0], D)                  # (4, B, D)
-        tiled = codes.permute(1, 2, 0).reshape(x.shape[0], D, 2, 2)         # [[tl, tr], [bl, br]]
+        quadrants = torch.cat(
+            [x[:, :, :h, :h], x[:, :, :h, h:], x[:, :, h:, :h], x[:, :, h:, h:]]
+        )
+        codes = self.enc(quadrants).view(4, x.shape[0], D)  # (4, B, D)
+        tiled = codes.permute(1, 2, 0).reshape(
+            x.shape[0], D, 2, 2
+        )  # [[tl, tr], [bl, br]]
         return self.head(tiled)
 
 
@@ -127,28 +198,47 @@ class PositionClassifier(nn.Module):
 
     def __init__(self, d: int = D, hidden: int = 128) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, hidden),
-                                 nn.LeakyReLU(0.1), nn.Linear(hidden, len(DIRECTIONS)))
+        self.net = nn.Sequential(
+            nn.Linear(d, hidden),
+            nn.LeakyReLU(0.1),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.1),
+            nn.Linear(hidden, len(DIRECTIONS)),
+        )
 
     def forward(self, h1: Tensor, h2: Tensor) -> Tensor:
+        d = self.net[0].in_features
+        if h1.shape != h2.shape or h1[0].numel() != d or h1.shape[0] == 0:
+            raise ValueError(
+                f"h1 and h2 must both be (B, {d}) codes (or (B, {d}, 1, 1)), B >= 1; "
+                f"got {tuple(h1.shape)} and {tuple(h2.shape)}"
+            )
         return self.net(h1.flatten(1) - h2.flatten(1))
 
 
 # --- Training pairs ---------------------------------------------------------------------------
 
+
 def _check_size(size: tuple[int, int], need: int, what: str) -> None:
+    if len(size) != 2 or not all(isinstance(v, int) for v in size):
+        raise ValueError(f"size must be (H, W), two integers, got {size!r}")
     if min(size) < need:
-        raise ValueError(f"{what} needs images of at least {need} x {need} pixels, got {size[0]} x {size[1]}")
+        raise ValueError(
+            f"{what} needs images of at least {need} x {need} pixels, got {size[0]} x {size[1]}"
+        )
 
 
-def _uniform_int(low: Tensor, high: Tensor, generator: torch.Generator | None) -> Tensor:
+def _uniform_int(
+    low: Tensor, high: Tensor, generator: torch.Generator | None
+) -> Tensor:
     """One integer uniform in ``[low, high]`` (inclusive) per element."""
     u = torch.rand(low.shape, generator=generator)
     return low + (u * (high - low + 1)).long().clamp_max(high - low)
 
 
-def sample_position_pairs(n: int, size: tuple[int, int], k: int, generator: torch.Generator | None = None
-                          ) -> tuple[Tensor, Tensor, Tensor]:
+def sample_position_pairs(
+    n: int, size: tuple[int, int], k: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``n`` self-supervised pairs: a K x K patch and one of its 8 neighbours, both inside the image.
 
     The neighbour lies in direction ``DIRECTIONS[label]`` at ``3K/4 + U{0, ..., K/4 - 1}``
@@ -157,26 +247,35 @@ def sample_position_pairs(n: int, size: tuple[int, int], k: int, generator: torc
     instead would move it and make its label wrong near the border).
     Returns ``p1 (n, 2)``, ``p2 (n, 2)`` top-left corners ``(y, x)`` and ``labels (n,)``.
     """
+    _positive_int(n, "n", 0)
+    _positive_int(k, "k (the patch size; at least 4 for the offset K/4)", 4)
     _check_size(size, 2 * k, f"position pairs with K={k}")
     labels = torch.randint(len(DIRECTIONS), (n,), generator=generator)
-    direction = torch.tensor(DIRECTIONS)[labels]                               # (n, 2)
-    offset = 3 * k // 4 + torch.randint(k // 4, (n, 1), generator=generator)   # same on both axes
+    direction = torch.tensor(DIRECTIONS)[labels]  # (n, 2)
+    offset = 3 * k // 4 + torch.randint(
+        k // 4, (n, 1), generator=generator
+    )  # same on both axes
     shift = direction * offset
-    limit = torch.tensor(size) - k                                             # largest corner
+    limit = torch.tensor(size) - k  # largest corner
     p1 = _uniform_int((-shift).clamp_min(0), limit - shift.clamp_min(0), generator)
     return p1, p1 + shift, labels
 
 
-def sample_svdd_pairs(n: int, size: tuple[int, int], k: int, generator: torch.Generator | None = None
-                      ) -> tuple[Tensor, Tensor]:
+def sample_svdd_pairs(
+    n: int, size: tuple[int, int], k: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """``n`` SVDD' pairs: a K x K patch and the patch moved by ``(dy, dx)``, ``|dy|, |dx| <= K // 32``,
     never ``(0, 0)``, both inside the image. Returns corners ``p1, p2`` of shape ``(n, 2)``."""
+    _positive_int(n, "n", 0)
+    _positive_int(k, "k (the patch size)")
     j = max(1, k // 32)
     _check_size(size, k + j, f"SVDD' pairs with K={k}")
     jitter = torch.randint(-j, j + 1, (n, 2), generator=generator)
     zero = (jitter == 0).all(dim=1)
     while zero.any():  # redraw the (0, 0) jitters
-        jitter[zero] = torch.randint(-j, j + 1, (int(zero.sum()), 2), generator=generator)
+        jitter[zero] = torch.randint(
+            -j, j + 1, (int(zero.sum()), 2), generator=generator
+        )
         zero = (jitter == 0).all(dim=1)
     limit = torch.tensor(size) - k
     p1 = _uniform_int((-jitter).clamp_min(0), limit - jitter.clamp_min(0), generator)
@@ -185,24 +284,59 @@ def sample_svdd_pairs(n: int, size: tuple[int, int], k: int, generator: torch.Ge
 
 def crop_patches(images: Tensor, index: Tensor, corners: Tensor, k: int) -> Tensor:
     """``(n, 3, k, k)`` patches ``images[index[i], :, y:y+k, x:x+k]`` for ``corners[i] = (y, x)``."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
+    _positive_int(k, "k (the patch size)")
     if corners.ndim != 2 or corners.shape[1] != 2 or index.shape != corners.shape[:1]:
-        raise ValueError(f"index must be (n,) and corners (n, 2), got {tuple(index.shape)}, {tuple(corners.shape)}")
+        raise ValueError(
+            f"index must be (n,) and corners (n, 2), got {tuple(index.shape)}, {tuple(corners.shape)}"
+        )
+    if index.is_floating_point() or corners.is_floating_point():
+        raise ValueError(
+            f"index and corners must be integer tensors, got {index.dtype}, {corners.dtype}"
+        )
+    if len(index) and not 0 <= int(index.min()) <= int(index.max()) < len(images):
+        raise ValueError(
+            f"index must lie in [0, {len(images) - 1}] (the images), got "
+            f"{int(index.min())} .. {int(index.max())}"
+        )
     h, w = images.shape[2:]
-    if (corners < 0).any() or (corners[:, 0] > h - k).any() or (corners[:, 1] > w - k).any():
-        raise ValueError(f"a {k} x {k} patch at one of the corners leaves the {h} x {w} image")
+    if (
+        (corners < 0).any()
+        or (corners[:, 0] > h - k).any()
+        or (corners[:, 1] > w - k).any()
+    ):
+        raise ValueError(
+            f"a {k} x {k} patch at one of the corners leaves the {h} x {w} image"
+        )
     r = torch.arange(k, device=images.device)
     corners = corners.to(images.device)
-    rows = (corners[:, 0, None] + r)[:, :, None]                               # (n, k, 1)
-    cols = (corners[:, 1, None] + r)[:, None, :]                               # (n, 1, k)
-    picked = images[index.to(images.device)]                                   # (n, 3, H, W)
+    rows = (corners[:, 0, None] + r)[:, :, None]  # (n, k, 1)
+    cols = (corners[:, 1, None] + r)[:, None, :]  # (n, 1, k)
+    picked = images[index.to(images.device)]  # (n, 3, H, W)
     n = picked.shape[0]
-    return picked[torch.arange(n, device=images.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    return picked[
+        torch.arange(n, device=images.device)[:, None, None], :, rows, cols
+    ].permute(0, 3, 1, 2)
 
 
-def perturb(patches: Tensor, shift: float = 0.1, noise: float = 0.02,
-            generator: torch.Generator | None = None) -> Tensor:
+def perturb(
+    patches: Tensor,
+    shift: float = 0.1,
+    noise: float = 0.02,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Anti-shortcut noise for the position task: add to every patch one random offset per
-    colour channel (uniform in ``[-shift, shift]``) and i.i.d. pixel noise ``N(0, noise^2)``."""
+    colour channel (uniform in ``[-shift, shift]``) and i.i.d. pixel noise ``N(0, noise^2)``.
+    ``patches``: floating ``(n, C, k, k)``; returns a new tensor of the same shape."""
+    if patches.ndim != 4 or not patches.is_floating_point():
+        raise ValueError(
+            f"patches must be a floating (n, C, k, k) tensor, got {patches.dtype} "
+            f"{tuple(patches.shape)}"
+        )
+    for name, value in (("shift", shift), ("noise", noise)):
+        if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     n, c = patches.shape[:2]
     offsets = (2 * torch.rand(n, c, 1, 1, generator=generator) - 1) * shift
     pixels = torch.randn(patches.shape, generator=generator) * noise
@@ -210,28 +344,62 @@ def perturb(patches: Tensor, shift: float = 0.1, noise: float = 0.02,
 
 
 def ssl_loss(classifier: nn.Module, h1: Tensor, h2: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy of the 8-way position classifier on ``h1 - h2``."""
+    """Cross-entropy of the 8-way position classifier on ``h1 - h2``: codes ``(B, D)`` (or
+    ``(B, D, 1, 1)``), ``labels (B,)`` integers in ``[0, 8)`` (indices into :data:`DIRECTIONS`)."""
+    if labels.ndim != 1 or labels.shape[0] != h1.shape[0] or labels.is_floating_point():
+        raise ValueError(
+            f"labels must be (B,) integers for B = {h1.shape[0]} pairs, got "
+            f"{labels.dtype} {tuple(labels.shape)}"
+        )
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(
+        DIRECTIONS
+    ):
+        raise ValueError(
+            f"labels must be direction indices in [0, {len(DIRECTIONS) - 1}], got "
+            f"{int(labels.min())} .. {int(labels.max())}"
+        )
     return F.cross_entropy(classifier(h1, h2), labels.to(h1.device))
 
 
 def svdd_loss(h1: Tensor, h2: Tensor) -> Tensor:
-    """SVDD': mean (non-squared) L2 distance between the codes of neighbouring patches."""
+    """SVDD': mean (non-squared) L2 distance between the codes of neighbouring patches.
+
+    ``h1``, ``h2``: codes ``(B, D)`` (or ``(B, D, 1, 1)``) of the same shape, ``B >= 1``."""
+    if h1.shape != h2.shape or h1.ndim < 2 or h1.shape[0] == 0:
+        raise ValueError(
+            f"h1 and h2 must be codes of one shape (B, D), B >= 1; got "
+            f"{tuple(h1.shape)} and {tuple(h2.shape)}"
+        )
     return (h1.flatten(1) - h2.flatten(1)).norm(dim=1).mean()
 
 
 # --- Training ---------------------------------------------------------------------------------
+
 
 @dataclass
 class History:
     """Mean of each loss term per epoch (epoch 1 first): keys ``ssl64, ssl32, svdd64, svdd32, total``."""
 
     terms: dict[str, list[float]] = field(
-        default_factory=lambda: {k: [] for k in ("ssl64", "ssl32", "svdd64", "svdd32", "total")})
+        default_factory=lambda: {
+            k: [] for k in ("ssl64", "ssl32", "svdd64", "svdd32", "total")
+        }
+    )
 
 
-def train(encoder: Encoder64, classifiers: nn.ModuleDict, images: Tensor, epochs: int, steps: int,
-          batch: int = 64, lam: float = 1.0, lr: float = 1e-4, seed: int = 0,
-          history: History | None = None, on_epoch: Callable[[int], None] | None = None) -> History:
+def train(
+    encoder: Encoder64,
+    classifiers: nn.ModuleDict,
+    images: Tensor,
+    epochs: int,
+    steps: int,
+    batch: int = 64,
+    lam: float = 1.0,
+    lr: float = 1e-4,
+    seed: int = 0,
+    history: History | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> History:
     """Train ``encoder`` (and ``classifiers['64']``, ``['32']``) with the Patch SVDD loss.
 
     ``images``: normal training images ``(N, 3, H, W)`` (already normalised), on the encoder's
@@ -241,9 +409,22 @@ def train(encoder: Encoder64, classifiers: nn.ModuleDict, images: Tensor, epochs
     encoder and classifiers). An epoch is ``steps`` steps; ``on_epoch(epoch)`` is called after
     each (e.g. to evaluate). Sampling uses its own generator seeded by ``seed``.
     Returns the (extended) :class:`History`.
+
+    Raises ``ValueError`` for bad settings or images (NaN or inf pixels included), and
+    ``FloatingPointError`` if a step's loss is not finite (before that step changes a weight).
     """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+    _check_for_encoder(encoder, images)
+    for value, what in ((epochs, "epochs"), (steps, "steps"), (batch, "batch")):
+        _positive_int(value, what)
+    if not 0 <= lam < float("inf"):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    if not 0 < lr < float("inf"):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if set(classifiers.keys()) != set(LEVELS):
+        raise ValueError(
+            f"classifiers must hold one PositionClassifier per level, keys "
+            f"{sorted(LEVELS)}; got {sorted(classifiers.keys())}"
+        )
     history = history or History()
     params = list(encoder.parameters()) + list(classifiers.parameters())
     optimiser = torch.optim.Adam(params, lr=lr)
@@ -254,7 +435,7 @@ def train(encoder: Encoder64, classifiers: nn.ModuleDict, images: Tensor, epochs
     classifiers.train()
     for epoch in range(epochs):
         sums = dict.fromkeys(history.terms, 0.0)
-        for _ in range(steps):
+        for step in range(steps):
             terms = {}
             for name, net, k in levels:
                 idx = torch.randint(images.shape[0], (batch,), generator=generator)
@@ -262,12 +443,31 @@ def train(encoder: Encoder64, classifiers: nn.ModuleDict, images: Tensor, epochs
                 a = perturb(crop_patches(images, idx, p1, k), generator=generator)
                 b = perturb(crop_patches(images, idx, p2, k), generator=generator)
                 h = net(torch.cat([a, b]))
-                terms["ssl" + name] = ssl_loss(classifiers[name], h[:batch], h[batch:], labels)
+                terms["ssl" + name] = ssl_loss(
+                    classifiers[name], h[:batch], h[batch:], labels
+                )
                 idx = torch.randint(images.shape[0], (batch,), generator=generator)
                 q1, q2 = sample_svdd_pairs(batch, size, k, generator)
-                h = net(torch.cat([crop_patches(images, idx, q1, k), crop_patches(images, idx, q2, k)]))
+                h = net(
+                    torch.cat(
+                        [
+                            crop_patches(images, idx, q1, k),
+                            crop_patches(images, idx, q2, k),
+                        ]
+                    )
+                )
                 terms["svdd" + name] = svdd_loss(h[:batch], h[batch:])
-            loss = terms["ssl64"] + terms["ssl32"] + lam * (terms["svdd64"] + terms["svdd32"])
+            loss = (
+                terms["ssl64"]
+                + terms["ssl32"]
+                + lam * (terms["svdd64"] + terms["svdd32"])
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss is not finite at epoch {len(history.terms['total']) + 1}, step "
+                    f"{step + 1} ({', '.join(f'{k} {float(v.detach()):.3g}' for k, v in terms.items())}); "
+                    "no weight was changed by this step (learning rate too large?)"
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -285,8 +485,11 @@ def train(encoder: Encoder64, classifiers: nn.ModuleDict, images: Tensor, epochs
 
 # --- Inference --------------------------------------------------------------------------------
 
+
 def grid_size(size: int, k: int, stride: int) -> int:
     """Number of K-wide patches at ``stride`` along an axis of ``size`` pixels: ``(size - k) // stride + 1``."""
+    for value, what in ((size, "size"), (k, "k (the patch size)"), (stride, "stride")):
+        _positive_int(value, what)
     if size < k:
         raise ValueError(f"an axis of {size} pixels holds no {k}-pixel patch")
     return (size - k) // stride + 1
@@ -299,7 +502,9 @@ def _encoder_for(encoder: Encoder64, k: int) -> nn.Module:
 
 
 @torch.no_grad()
-def patch_codes(encoder: Encoder64, images: Tensor, k: int, stride: int, batch: int = 1024) -> Tensor:
+def patch_codes(
+    encoder: Encoder64, images: Tensor, k: int, stride: int, batch: int = 1024
+) -> Tensor:
     """Codes of every K x K patch at ``stride``, encoded one patch at a time (the obvious way).
 
     ``images``: ``(B, 3, H, W)``. Returns ``(B, 64, h, w)`` with ``h = grid_size(H, k, stride)``.
@@ -307,11 +512,13 @@ def patch_codes(encoder: Encoder64, images: Tensor, k: int, stride: int, batch: 
     K=32 encoder (``k = 32``), ``batch`` patches per call.
     """
     net = _encoder_for(encoder, k)
+    _check_for_encoder(encoder, images)
+    _positive_int(batch, "batch")
     b, c, height, width = images.shape
     h, w = grid_size(height, k, stride), grid_size(width, k, stride)
-    cols = F.unfold(images, k, stride=stride)                                   # (B, 3 k k, h w)
+    cols = F.unfold(images, k, stride=stride)  # (B, 3 k k, h w)
     patches = cols.transpose(1, 2).reshape(-1, c, k, k)
-    codes = torch.cat([net(p).flatten(1) for p in patches.split(batch)])        # (B h w, D)
+    codes = torch.cat([net(p).flatten(1) for p in patches.split(batch)])  # (B h w, D)
     return codes.view(b, h, w, D).permute(0, 3, 1, 2)
 
 
@@ -326,21 +533,26 @@ def dense_codes(encoder: Encoder64, images: Tensor, k: int, stride: int) -> Tens
     Returns ``(B, 64, h, w)``, ``h = grid_size(H, k, stride)``.
     """
     _encoder_for(encoder, k)
+    _check_for_encoder(encoder, images)
+    _positive_int(stride, "stride")
     if stride % 2:
-        raise ValueError(f"dense_codes needs an even stride (the encoder's own stride is 2), got {stride}")
+        raise ValueError(
+            f"dense_codes needs an even stride (the encoder's own stride is 2), got {stride}"
+        )
     height, width = images.shape[2:]
     h, w = grid_size(height, k, stride), grid_size(width, k, stride)
-    fine = encoder.enc(images)                                                  # stride 2
+    fine = encoder.enc(images)  # stride 2
     step = stride // 2
     if k == 32:
         return fine[:, :, ::step, ::step][:, :, :h, :w]
     conv2x2, act, conv1x1, tanh = encoder.head
-    rows = fine[:, :, :(h - 1) * step + 17, :(w - 1) * step + 17]
+    rows = fine[:, :, : (h - 1) * step + 17, : (w - 1) * step + 17]
     z = F.conv2d(rows, conv2x2.weight, conv2x2.bias, dilation=Encoder32.K // 2)
     return tanh(conv1x1(act(z[:, :, ::step, ::step])))
 
 
 # --- Scores to maps ---------------------------------------------------------------------------
+
 
 def spread(scores: Tensor, k: int, stride: int, size: tuple[int, int]) -> Tensor:
     """Give every pixel the mean score of the K x K patches covering it: ``(B, h, w) -> (B, H, W)``.
@@ -352,31 +564,97 @@ def spread(scores: Tensor, k: int, stride: int, size: tuple[int, int]) -> Tensor
     """
     if scores.ndim != 3:
         raise ValueError(f"scores must be (B, h, w), got {tuple(scores.shape)}")
+    if len(size) != 2:
+        raise ValueError(f"size must be (H, W), got {size!r}")
     b, h, w = scores.shape
     if (h, w) != (grid_size(size[0], k, stride), grid_size(size[1], k, stride)):
-        raise ValueError(f"a {h} x {w} grid is not the K={k}, stride {stride} grid of a "
-                         f"{size[0]} x {size[1]} image")
+        raise ValueError(
+            f"a {h} x {w} grid is not the K={k}, stride {stride} grid of a "
+            f"{size[0]} x {size[1]} image"
+        )
     cols = scores.reshape(b, 1, h * w).expand(b, k * k, h * w)
     total = F.fold(cols, size, k, stride=stride)
     count = F.fold(torch.ones_like(cols[:1]), size, k, stride=stride)
     return (total / count.clamp_min(1))[:, 0]
 
 
+def _check_memory(train_codes: dict[str, Tensor], strides: dict[str, int]) -> None:
+    """Clear errors for a memory that does not fit its keys: a missing key, a tensor that is not
+    ``(N, D, h, w)``, or the two levels' grids not being those of one image size at the K and
+    stride of their keys (the keys swapped, or a memory built at other strides)."""
+    for what, mapping in (("train_codes", train_codes), ("strides", strides)):
+        if not isinstance(mapping, dict) or not set(LEVELS) <= set(mapping):
+            keys = (
+                sorted(mapping) if isinstance(mapping, dict) else type(mapping).__name__
+            )
+            raise ValueError(
+                f"{what} must be a dict with the keys {sorted(LEVELS)} (K = 64 and "
+                f"K = 32), got {keys}"
+            )
+    for name in LEVELS:
+        _positive_int(strides[name], f"strides[{name!r}]")
+        codes = train_codes[name]
+        if not isinstance(codes, Tensor) or codes.ndim != 4 or codes.shape[1] != D:
+            shape = (
+                tuple(codes.shape)
+                if isinstance(codes, Tensor)
+                else type(codes).__name__
+            )
+            raise ValueError(
+                f"train_codes[{name!r}] must be (N, {D}, h, w) codes (dense_codes), "
+                f"got {shape}"
+            )
+    if train_codes["64"].shape[0] != train_codes["32"].shape[0]:
+        raise ValueError(
+            f"train_codes['64'] and ['32'] must code the same training images, got "
+            f"{train_codes['64'].shape[0]} and {train_codes['32'].shape[0]} images"
+        )
+    for axis in (2, 3):
+        low, high = (
+            0,
+            float("inf"),
+        )  # image sizes consistent with both grids along this axis
+        for name, k in LEVELS.items():
+            cells, stride = train_codes[name].shape[axis], strides[name]
+            low, high = (
+                max(low, k + (cells - 1) * stride),
+                min(high, k + cells * stride - 1),
+            )
+        if low > high:
+            grids = " and ".join(
+                f"{n!r}: {tuple(train_codes[n].shape[2:])}" for n in LEVELS
+            )
+            raise ValueError(
+                f"train_codes grids {grids} are not the K=64 (stride "
+                f"{strides['64']}) and K=32 (stride {strides['32']}) grids of one "
+                "image size: are the keys swapped, or the memory built at other "
+                "strides?"
+            )
+
+
 @torch.no_grad()
-def anomaly_maps(encoder: Encoder64, train_codes: dict[str, Tensor], images: Tensor,
-                 strides: dict[str, int] | None = None, chunk: int | None = None) -> dict[str, Tensor]:
+def anomaly_maps(
+    encoder: Encoder64,
+    train_codes: dict[str, Tensor],
+    images: Tensor,
+    strides: dict[str, int] | None = None,
+    chunk: int | None = None,
+) -> dict[str, Tensor]:
     """Anomaly maps of ``images`` ``(B, 3, H, W)`` at image size, keyed by :data:`MAP_NAMES`.
 
     ``train_codes``: ``{"64": (N, 64, h, w), "32": ...}`` codes of the normal training images
-    (:func:`dense_codes`). Each test patch scores its L2 distance to the nearest training code
-    (any image, any position; exact), spread to pixels with :func:`spread`; ``sum``
-    and ``product`` combine the two levels. ``strides`` default to 16 (K=64) and 4 (K=32).
+    (:func:`dense_codes`), computed at the same ``strides`` as the test grid. Each test patch
+    scores its L2 distance to the nearest training code (any image, any position; exact), spread
+    to pixels with :func:`spread`; ``sum`` and ``product`` combine the two levels. ``strides``
+    default to 16 (K=64) and 4 (K=32). A missing key, or grids that cannot come from one image
+    size at their key's K and stride (swapped keys), raise ``ValueError``.
     """
     strides = strides or {"64": 16, "32": 4}
+    _check_memory(train_codes, strides)
     size = tuple(images.shape[2:])
     maps = {}
-    for name in ("64", "32"):
-        k, s = int(name), strides[name]
+    for name, k in LEVELS.items():
+        s = strides[name]
         test = dense_codes(encoder, images, k, s)
         scores = knn_patch_scores(train_codes[name], test, k=1, chunk=chunk, exact=True)
         maps[name] = spread(scores, k, s, size)
