@@ -58,6 +58,18 @@ smoke: $(ENV_TARGET)
 gpu-check: $(ENV_TARGET)
 	@$(TIMED) "GPU check" $(BIN)/python -m tools.gpu_check
 
+# Data of the full profile (tools/fetch_data.py): `make data ARGS=--plan` lists what each chapter needs,
+# where it goes and the free disk; `make data` fetches it (verified, resumable, mirrors);
+# ARGS=--check re-hashes what is there; ARGS="--chapters 06 07" narrows it to chapters.
+.PHONY: data linkcheck
+data: $(ENV_TARGET)
+	@$(BIN)/python -m tools.fetch_data $(ARGS)
+
+# Registry URLs (reachable, size as registered) and the pages' external links; needs the network
+# (weekly workflow .github/workflows/linkcheck.yml; make test checks the tool on a local server).
+linkcheck: $(ENV_TARGET)
+	@$(TIMED) "link health (registry URLs and the book's links)" $(BIN)/python -m tools.linkcheck $(ARGS)
+
 scoreboard:
 	@$(BIN)/python -m tools.scoreboard
 

@@ -25,7 +25,7 @@ from typing import Self
 class Resource:
     """How one path answers.
 
-    ``ranges``: honour ``Range: bytes=N-`` with ``206`` (else answer ``200`` with the whole body).
+    ``ranges``: honour ``Range: bytes=N-`` and ``bytes=N-M`` with ``206`` (else answer ``200`` with the whole body).
     ``cut_at``: stop sending once the body's byte ``cut_at`` is reached (absolute offset), then
     close the connection. ``length``: send Content-Length. ``head``: answer HEAD (else ``405``).
     ``status``: a status other than 200 answers with that error and no body. ``pieces`` and
@@ -57,25 +57,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return resource
         return None
 
-    def _start(self, resource: Resource) -> int:
-        """Send the status line and headers; the offset the body starts at."""
-        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+    def _start(self, resource: Resource) -> tuple[int, int]:
+        """Send the status line and headers; the body's byte span ``[start, end)`` (start -1: none)."""
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
         size = len(resource.body)
-        start = int(match[1]) if match and resource.ranges else 0
-        if match and resource.ranges and start >= size:
+        ranged = bool(match) and resource.ranges
+        start = int(match[1]) if ranged else 0
+        end = min(int(match[2]) + 1, size) if ranged and match[2] else size
+        if ranged and start >= size:
             self.send_response(416)
             self.send_header("Content-Range", f"bytes */{size}")
             self.send_header("Content-Length", "0")
             self.end_headers()
-            return -1
-        self.send_response(206 if match and resource.ranges else 200)
-        if match and resource.ranges:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+            return -1, -1
+        self.send_response(206 if ranged else 200)
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.send_header("Accept-Ranges", "bytes" if resource.ranges else "none")
         if resource.length:
-            self.send_header("Content-Length", str(size - start))
+            self.send_header("Content-Length", str(end - start))
         self.end_headers()
-        return start
+        return start, end
 
     def do_HEAD(self) -> None:
         resource = self._resource()
@@ -90,10 +92,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         resource = self._resource()
         if resource is None:
             return
-        start = self._start(resource)
+        start, end = self._start(resource)
         if start < 0:
             return
-        end = len(resource.body) if resource.cut_at is None else max(start, min(resource.cut_at, len(resource.body)))
+        if resource.cut_at is not None:
+            end = max(start, min(resource.cut_at, end))
         step = max(1, -(-(end - start) // resource.pieces))
         for i, offset in enumerate(range(start, end, step)):
             self.wfile.write(resource.body[offset:min(offset + step, end)])
