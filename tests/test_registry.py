@@ -93,3 +93,10 @@ def test_extract_tar_and_zip(tmp_path):
     assert (registry.extract(tmp_path / "a.zip", tmp_path / "z") / "z/a.txt").read_text() == "hello"
     with pytest.raises(ValueError, match="not a tar or zip"):
         registry.extract(tmp_path / "a.txt", tmp_path / "x")
+
+
+def test_fetch_reports_the_url_that_served_the_file(entry, server, capsys):
+    path, source = registry.fetch_with_source("test-file")
+    assert source == f"{server}/file.bin" and path.read_bytes() == PAYLOAD
+    assert "mirror" not in capsys.readouterr().err  # the official URL served it: nothing to say
+    assert registry.fetch_with_source("test-file") == (path, None)  # from the cache
