@@ -156,3 +156,32 @@ def test_weights_map_names_torchvision_models_the_notebooks_mention():
             assert f'"{model}"' in code[chapter], (chapter, model)
     weights = fetch_data.torchvision_weights(["resnet18"])[0]
     assert weights.filename == "resnet18-f37072fd.pth" and 40e6 < weights.size < 50e6
+
+
+# --- torchvision weights ------------------------------------------------------------------------
+
+def test_plan_lists_the_weights_of_the_chosen_chapters(server, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(b"stand-in")
+    code = fetch_data.main(["--plan", "--chapters", "06"], datasets=SETS,
+                           chapter_weights=fetch_data.CHAPTER_WEIGHTS)
+    out = capsys.readouterr().out
+    assert code == 0 and re.search(r"^06\s+resnet18 wide_resnet50_2$", out, re.MULTILINE)
+    assert "07 " not in out and "vgg16" not in out
+    assert re.search(r"^resnet18-f37072fd\.pth\s+0\.05 GB\s+\S+/checkpoints\s+present$", out, re.MULTILINE)
+    assert re.search(r"^wide_resnet50_2-95faca4d\.pth\s+0\.14 GB\s+\S+\s+missing$", out, re.MULTILINE)
+    code = fetch_data.main(["--check", "--chapters", "06"], datasets=SETS,
+                           chapter_weights=fetch_data.CHAPTER_WEIGHTS)
+    assert code == fetch_data.EXIT_FAILED and "sha256 does not start with f37072fd" in capsys.readouterr().out
+
+
+def test_weights_download_is_checked_against_the_hash_in_its_name(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    body = b"weights" * 100
+    prefix = hashlib.sha256(body).hexdigest()[:8]
+    good = fetch_data.Weights("toy", server.serve(f"/toy-{prefix}.pth", body), len(body))
+    assert fetch_data._fetch_weights(good) == [] and good.path().read_bytes() == body
+    bad = fetch_data.Weights("toy2", server.serve("/toy2-00000000.pth", body), len(body))
+    assert re.search(r"toy2: .*invalid hash value", fetch_data._fetch_weights(bad)[0])
+    assert not bad.path().exists()

@@ -139,7 +139,7 @@ def _fetch_then_report(path_out) -> None:
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs the fork start method")
 def test_download_killed_by_sigkill_is_resumed_by_the_next_fetch(server):
-    _register(server, pieces=20, pause=0.1)
+    _register(server, pieces=50, pause=0.2)  # 10 s to kill it in, however busy the machine
     child = multiprocessing.get_context("fork").Process(target=_fetch_then_report, args=(None,))
     child.start()
     deadline = time.monotonic() + 20
