@@ -145,15 +145,19 @@ def test_dataset_map_matches_the_notebooks_and_the_registry():
     code = {nb.name[:2]: _code_of(nb) for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
     for dataset in fetch_data.DATASETS:
         calling = tuple(ch for ch, text in code.items() if re.search(LOADERS[dataset.key], text))
-        assert dataset.chapters == calling, dataset.key
-    assert {n for d in fetch_data.DATASETS for n in d.files} == set(REAL_REGISTRY)
+        assert dataset.chapters == calling, (
+            f"{dataset.key}: chapters {calling} call its loader; update DATASETS in tools/fetch_data.py")
+    planned = {n for d in fetch_data.DATASETS for n in d.files}
+    assert planned == set(REAL_REGISTRY), (
+        f"registry entries outside the plan: {sorted(set(REAL_REGISTRY) - planned)}; "
+        f"planned but not registered: {sorted(planned - set(REAL_REGISTRY))}")
 
 
 def test_weights_map_names_torchvision_models_the_notebooks_mention():
     code = {nb.name[:2]: _code_of(nb) for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
     for chapter, models in fetch_data.CHAPTER_WEIGHTS.items():
         for model in models:
-            assert f'"{model}"' in code[chapter], (chapter, model)
+            assert f'"{model}"' in code[chapter], f"chapter {chapter} no longer names {model}: update CHAPTER_WEIGHTS"
     weights = fetch_data.torchvision_weights(["resnet18"])[0]
     assert weights.filename == "resnet18-f37072fd.pth" and 40e6 < weights.size < 50e6
 

@@ -347,7 +347,8 @@ def _locked(path: Path) -> Iterator[None]:
 def _claim_part(target: Path) -> Path:
     """Under the lock: a ``.part`` file of this process for ``target``, holding the bytes of the
     largest partial download a stopped process left (renamed, so it is resumed) or empty; the
-    other leftovers are deleted."""
+    other leftovers are deleted. Without ``fcntl`` (Windows) there is no lock to prove that a
+    leftover's writer has stopped, so leftovers are neither reused nor deleted."""
     leftovers = _stale_siblings(target, ".part") if fcntl is not None else []
     part = _unique_sibling(target, ".part")
     keep = max(leftovers, key=lambda p: p.stat().st_size, default=None)
