@@ -177,7 +177,7 @@ def test_scoreboard_rows_link_to_their_chapters_and_show_notes():
     """Each chapter's heading links to it, and a row whose result has a note shows that note
     in the 'source and setting' column (where the paper's number comes from, what ours ran on)."""
     html = (HTML / "book" / "scoreboard.html").read_text()
-    shown = scoreboard_rows(html)
+    shown = [row for row in scoreboard_rows(html) if "claim" in row]  # not the summary's rows
     assert shown and all("source and setting" in row for row in shown), "no 'source and setting' column"
     notes = {(letters(row["claim"]), letters(row["source and setting"])) for row in shown}
     missing = []
@@ -201,3 +201,27 @@ def test_pages_work_offline():
 def test_every_script_once_per_page():
     html = (HTML / "book" / "intro.html").read_text()
     assert html.count("const THEBE_JS_URL") <= 1
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_figures_are_numbered_with_captions_under_them(nb):
+    """Every figure a notebook outputs sits in a <figure> whose caption, under the image, starts
+    with its number ("Fig. 3"); the text never says "the figure below"."""
+    html = page(nb.stem)
+    images = re.findall(r'<img[^>]*src="\.\./_images/', html)
+    numbered = 0
+    for figure in re.findall(r"<figure\b.*?</figure>", html, flags=re.S):
+        if 'src="../_images/' in figure:
+            image_at, caption_at = figure.find("<img"), figure.find("<figcaption")
+            assert caption_at > image_at >= 0, "a figure's caption must come after its image"
+            assert re.search(r'class="caption-number">Fig\. [\d.]+', figure), "a caption without a number"
+            numbered += figure.count('src="../_images/')
+    assert numbered == len(images), f"{len(images) - numbered} of {len(images)} figures are not numbered"
+    assert not re.search(r"\b(the|this) figure (below|above)", text_of(visible_text(html)), re.I)
+
+
+def test_book_pages_name_no_material_outside_the_book():
+    for path in [HTML / "index.html", *(HTML / "book").rglob("*.html"), *(HTML / "notebooks").glob("*.html")]:
+        text = text_of(visible_text(path.read_text()))
+        found = re.findall(r"papers\.md|fact sheet|DESIGN\.md", text)
+        assert not found, f"{path.relative_to(HTML)} names {found}"

@@ -5,7 +5,9 @@ a test checks that the committed page matches the committed results.
 """
 from __future__ import annotations
 
+import html
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -100,28 +102,46 @@ def _short(stem: str) -> str:
     return f"{stem[:2]} {_title(stem).split(':')[0].strip()}"
 
 
+def _inline(text: object) -> str:
+    """Plain text as HTML on one line: escaped, with `code` spans kept as code."""
+    escaped = html.escape(" ".join(str(text).split()))
+    return re.sub(r"`([^`]+)`", r"<code>\\1</code>", escaped)
+
+
+def html_table(header: list[str], rows: list[list[str]], css: str) -> list[str]:
+    """A table as raw HTML (cells already HTML), one line per row and no blank line (so Markdown
+    keeps it as one block). Each cell carries its column's name in ``data-label``: on a phone
+    the book's CSS shows every row as a card of labelled lines instead of columns off-screen."""
+    lines = [f'<table class="{css}">',
+             "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>",
+             "<tbody>"]
+    for row in rows:
+        lines.append("<tr>" + "".join(f'<td data-label="{html.escape(h)}">{cell}</td>'
+                                      for h, cell in zip(header, row)) + "</tr>")
+    return lines + ["</tbody>", "</table>", ""]
+
+
 def summary(chapters: dict[str, list[dict]]) -> list[str]:
     """The summary table: rows per chapter and per status, with totals."""
     kinds = list(STATUSES) + sorted({_kind(status(r)) for rows in chapters.values() for r in rows}
                                     - set(STATUSES))
-    lines = ["## Summary", "", "| chapter | " + " | ".join(kinds) + " | rows |",
-             "|---|" + "---:|" * (len(kinds) + 1)]
     totals = dict.fromkeys(kinds, 0)
-    for chapter, rows in chapters.items():
+    rows = []
+    for chapter, chapter_rows in chapters.items():
         counts = dict.fromkeys(kinds, 0)
-        for row in rows:
+        for row in chapter_rows:
             counts[_kind(status(row))] += 1
         totals = {k: totals[k] + counts[k] for k in kinds}
-        lines.append(f"| [{_cell(_short(chapter))}](../notebooks/{chapter}.ipynb) | "
-                     + " | ".join(str(counts[k]) for k in kinds) + f" | {len(rows)} |")
-    lines.append("| **all** | " + " | ".join(f"**{totals[k]}**" for k in kinds)
-                 + f" | **{sum(totals.values())}** |")
-    return lines + [""]
+        link = f'<a href="../notebooks/{chapter}.html">{_inline(_short(chapter))}</a> ({len(chapter_rows)})'
+        rows.append([link] + [str(counts[k]) for k in kinds])
+    rows.append([f"<strong>all</strong> ({sum(totals.values())})"]
+                + [f"<strong>{totals[k]}</strong>" for k in kinds])
+    return ["## Summary", "", *html_table(["chapter (rows)", *kinds], rows, "scoreboard-summary")]
 
 
 def render(results: dict[str, list[dict]]) -> str:
     """The scoreboard page as Markdown: a summary, then per chapter (a link to it) one table row
-    per claim, with the paper's number, ours, the profile, the status and where the paper's
+    per claim, with the paper's number, ours, the status, the profile and where the paper's
     number comes from (or what ours was measured on)."""
     lines = [HEADER]
     chapters: dict[str, list[dict]] = {}
@@ -131,15 +151,12 @@ def render(results: dict[str, list[dict]]) -> str:
         lines.append("No results recorded yet.")
         return "\n".join(lines).rstrip("\n") + "\n"
     lines += summary(chapters)
+    header = ["claim", "paper", "ours", "status", "profile", "source and setting"]
     for chapter, rows in chapters.items():
+        cells = [[_inline(row["claim"]), _fmt(row["paper"], row.get("unit")), _fmt(row["ours"], row.get("unit")),
+                  _inline(status(row)), _inline(row["profile"]), _inline(row.get("note") or "")] for row in rows]
         lines += [f"## [{_cell(_title(chapter))}](../notebooks/{chapter}.ipynb)", "",
-                  "| claim | paper | ours | status | profile | source and setting |",
-                  "|---|---|---|---|---|---|"]
-        for row in rows:
-            unit = row.get("unit") or ""
-            lines.append(f"| {_cell(row['claim'])} | {_fmt(row['paper'], unit)} | {_fmt(row['ours'], unit)} | "
-                         f"{_cell(status(row))} | {row['profile']} | {_cell(row.get('note') or '')} |")
-        lines.append("")
+                  *html_table(header, cells, "scoreboard")]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -1,11 +1,13 @@
 """Open every page of the built book in headless Chromium, save screenshots, fail on console errors.
 
-    python -m tools.screenshots [--width 1400] [--html _build/html] [--output _build/screenshots]
+    python -m tools.screenshots [--width 1280 390] [--html _build/html] [--output _build/screenshots]
 
 Each page of the table of contents is served from ``_build/html`` on 127.0.0.1 and opened at
-the given window width, as a student reading online would; PNGs of its top, middle and end
-are saved as ``<page>-{top,middle,end}.png``. Any JavaScript console error (a missing file, a
-script that does not parse) fails the command. Without Chromium and chromedriver (Debian's
+each given window width (by default a laptop's 1280 px and a phone's 390 px), as a student
+reading online would; PNGs of its top, middle and end are saved as
+``<page>-<width>-{top,middle,end}.png``. A page wider than the window (a column or an equation
+off-screen that the reader would have to find by scrolling the whole page sideways) is listed.
+Any JavaScript console error (a missing file, a script that does not parse) fails the command. Without Chromium and chromedriver (Debian's
 ``chromium`` and ``chromium-driver``) or the ``selenium`` package it says so and exits 0.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ CHROMEDRIVER = ("/usr/bin/chromedriver",)
 
 def book_pages(html: Path) -> list[Path]:
     """The book's pages: the intro (index), book/*.html and notebooks/*.html."""
-    pages = [html / "index.html"] + sorted((html / "book").glob("*.html")) + sorted((html / "notebooks").glob("*.html"))
+    pages = [html / "index.html"] + sorted((html / "book").rglob("*.html")) + sorted((html / "notebooks").glob("*.html"))
     return [p for p in pages if p.exists()]
 
 
@@ -48,7 +50,7 @@ def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--width", type=int, nargs="+", default=[1280, 390])
     parser.add_argument("--height", type=int, default=900)
     parser.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
     parser.add_argument("--output", type=Path, default=ROOT / "_build" / "screenshots")
@@ -71,34 +73,44 @@ def main(argv: list[str] | None = None) -> int:
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--window-size={args.width},{args.height}", "--hide-scrollbars"):
+                 "--disable-dev-shm-usage", f"--window-size={args.width[0]},{args.height}", "--hide-scrollbars"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     server, port = serve(args.html)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     errors: list[str] = []
+    too_wide: list[str] = []
     try:
-        for page in book_pages(args.html):
-            rel = page.relative_to(args.html).as_posix()
-            driver.get(f"http://127.0.0.1:{port}/{rel}")
-            time.sleep(1.0)  # let MathJax typeset and the theme's scripts settle
-            height = driver.execute_script("return document.documentElement.scrollHeight")
-            stem = rel.removesuffix(".html").replace("/", "_")
-            for where, y in (("top", 0), ("middle", max(0, height // 2 - args.height // 2)),
-                             ("end", max(0, height - args.height))):
-                driver.execute_script(f"window.scrollTo(0, {y});")
-                time.sleep(0.2)
-                driver.save_screenshot(str(args.output / f"{stem}-{where}.png"))
-            for entry in driver.get_log("browser"):
-                if entry.get("level") == "SEVERE":
-                    errors.append(f"{rel}: {entry.get('message')}")
-            print(f"screenshots: {rel} ({height} px high)")
+        for width in args.width:
+            driver.set_window_size(width, args.height)
+            for page in book_pages(args.html):
+                rel = page.relative_to(args.html).as_posix()
+                driver.get(f"http://127.0.0.1:{port}/{rel}")
+                time.sleep(1.0)  # let MathJax typeset and the theme's scripts settle
+                height = driver.execute_script("return document.documentElement.scrollHeight")
+                wide = driver.execute_script("return document.documentElement.scrollWidth")
+                inner = driver.execute_script("return window.innerWidth")
+                if wide > inner + 1:
+                    too_wide.append(f"{rel} at {width} px: the page is {wide} px wide")
+                stem = rel.removesuffix(".html").replace("/", "_")
+                for where, y in (("top", 0), ("middle", max(0, height // 2 - args.height // 2)),
+                                 ("end", max(0, height - args.height))):
+                    driver.execute_script(f"window.scrollTo(0, {y});")
+                    time.sleep(0.2)
+                    driver.save_screenshot(str(args.output / f"{stem}-{width}-{where}.png"))
+                for entry in driver.get_log("browser"):
+                    if entry.get("level") == "SEVERE":
+                        errors.append(f"{rel}: {entry.get('message')}")
+                print(f"screenshots: {rel} at {width} px ({height} px high)")
     finally:
         driver.quit()
         server.shutdown()
+    for line in too_wide:
+        print(f"WIDER THAN THE WINDOW: {line}")
     for error in errors:
         print(f"CONSOLE ERROR: {error}", file=sys.stderr)
-    print(f"screenshots: {len(book_pages(args.html))} pages in {args.output.relative_to(ROOT)}, "
+    print(f"screenshots: {len(book_pages(args.html))} pages at {len(args.width)} widths in "
+          f"{args.output.relative_to(ROOT)}, {len(too_wide)} wider than the window, "
           f"{len(errors)} console errors")
     return 1 if errors else 0
 
