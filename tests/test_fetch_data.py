@@ -120,6 +120,12 @@ def test_partial_download_shows_in_the_plan_and_is_resumed(server, capsys):
     assert [rng for m, p, rng in server.log if p == "/a.bin"] == [None, "bytes=1000-"]
 
 
+def test_missing_data_directory_is_a_clear_usage_error(server, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("CVBOOK_DATA", str(tmp_path / "nowhere"))
+    code, _, err = run(capsys, "--plan")
+    assert code == fetch_data.EXIT_USAGE and re.search(r"error: data directory .*nowhere.* does not exist", err)
+
+
 def test_copy_in_the_data_directory_is_used_and_not_downloaded(server, capsys, monkeypatch, tmp_path):
     (tmp_path / "a.bin").write_bytes(BODIES["a.bin"])
     monkeypatch.setenv("CVBOOK_DATA", str(tmp_path))

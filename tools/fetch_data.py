@@ -361,7 +361,11 @@ def main(argv: Sequence[str] | None = None, datasets: Sequence[Dataset] = DATASE
     import utils.data  # noqa: F401  (registers the datasets' files)
 
     args = parse(argv)
-    data_dir = config.data_dir()
+    try:
+        data_dir = config.data_dir()
+    except FileNotFoundError as err:  # $CVBOOK_DATA names a folder that is not there
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     sets, models = select(args.chapters, datasets, chapter_weights)
     needs = [assess(d, data_dir) for d in sets]
     weights = torchvision_weights(models)
