@@ -218,6 +218,19 @@ def test_report_table_and_durations():
     assert lines[2] == "| 01_a    | ran                  | 3 s        |"
     assert lines[3] == "| 02_b    | failed: cell 3: E: x | 1 min 15 s |"
     assert run_notebooks.duration(3723) == "1 h 02 min"
+    long = run_notebooks.report_table([run_notebooks.Outcome("01_a", "missing", "x" * 200, 1)])
+    assert long.splitlines()[2] == f"| 01_a    | missing: {'x' * 200} | 1 s  |", "long cells run on"
+
+
+def test_missing_weights_count_as_missing(tmp_path):
+    from papermill.exceptions import PapermillExecutionError
+
+    path = tmp_path / "01_x.ipynb"
+    make_profile_nb(path, "pass")
+    err = PapermillExecutionError(1, 1, "MissingWeightsError: resnet18 ...", "MissingWeightsError",
+                                  "resnet18: download it from https://example.org", [])
+    assert run_notebooks.describe_failure(err, path) == (
+        "missing", "resnet18: download it from https://example.org")
 
 
 def test_a_signal_inside_a_commit_waits_for_its_end():

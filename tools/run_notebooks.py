@@ -15,7 +15,7 @@ they moved into place, each file replaced in one step:
   goes to ``_build/full/<name>`` (a failed one too, to read the failing cell), with the kernel's
   log beside it (``<stem>.log``), and the numbers to ``results/<chapter>.full.json`` (ignored by
   git), only on success. The run goes on past a chapter whose data or weights are missing
-  (``MissingDataError``) and past a failed chapter, and ends with one table: chapter, status
+  (``MissingDataError``, ``MissingWeightsError``) and past a failed chapter, and ends with one table: chapter, status
   (ran / missing: what and how to get it / failed: cell and the error's last line), time.
 
 A failed or interrupted run (Ctrl-C, SIGTERM) changes nothing in ``notebooks/`` or
@@ -51,13 +51,17 @@ if str(ROOT) not in sys.path:
 
 from utils import results  # noqa: E402
 from utils.config import DATA_ENV, PROGRESS_ENV, get_profile  # noqa: E402
+from utils.models import MissingWeightsError  # noqa: E402
+from utils.registry import MissingDataError  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 FULL_OUTPUT = ROOT / "_build" / "full"
 RUNS = ROOT / "_build" / "runs"  # one folder per run: executed notebook + staged results
 RUN_FOLDER = re.compile(r"\.(\d+)\.[A-Za-z0-9_]+$")  # <stem>.<pid>.<random>
 SKIP_TAGS = {"injected-parameters"}
-MISSING = "MissingDataError"  # utils.registry.MissingDataError, as papermill names it
+# A chapter whose cell raised one of these lacks data or weights (papermill gives the class name).
+MISSING = {MissingDataError.__name__, MissingWeightsError.__name__}
+TABLE_PAD = 60  # columns are padded to line up, up to this width; a longer cell runs on
 
 
 class Interrupted(KeyboardInterrupt):
@@ -293,13 +297,13 @@ def _last_line(text: str) -> str:
 
 def describe_failure(err: Exception, path: Path) -> tuple[str, str]:
     """``(status, detail)`` for a run that raised ``err``: ``missing`` with the message of a
-    ``MissingDataError`` (what is missing, how to get it), or ``failed`` with the cell (0-based
+    missing-data or missing-weights error (what is missing, how to get it), or ``failed`` with the cell (0-based
     index in the committed notebook, Markdown cells included) and the error's last line."""
     from papermill.exceptions import PapermillExecutionError
 
     if not isinstance(err, PapermillExecutionError):
         return "failed", f"{type(err).__name__}: {_last_line(err) or '(no message)'}"
-    if err.ename == MISSING:
+    if err.ename in MISSING:
         return "missing", " ".join(str(err.evalue).split())
     sources = [c.source for c in nbformat.read(path, as_version=4).cells]
     index = sources.index(err.source) if err.source in sources else err.cell_index
@@ -328,11 +332,11 @@ def duration(seconds: float) -> str:
 
 
 def report_table(outcomes: list[Outcome]) -> str:
-    """One Markdown table: chapter | status | time."""
+    """One Markdown table: chapter | status | time (columns padded up to :data:`TABLE_PAD`)."""
     rows = [("chapter", "status", "time")] + [
         (o.chapter, o.status + (f": {o.detail}" if o.detail else ""), duration(o.seconds))
         for o in outcomes]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    widths = [min(TABLE_PAD, max(len(r[i]) for r in rows)) for i in range(3)]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
