@@ -47,7 +47,7 @@ def test_no_folder_of_chapters_is_a_clear_error(tmp_path):
 
 def test_make_student_writes_every_chapter_without_solution_text(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tools.student", "--output", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
     for path in NOTEBOOKS:
