@@ -225,3 +225,13 @@ def test_book_pages_name_no_material_outside_the_book():
         text = text_of(visible_text(path.read_text()))
         found = re.findall(r"papers\.md|fact sheet|DESIGN\.md", text)
         assert not found, f"{path.relative_to(HTML)} names {found}"
+
+
+def test_scoreboard_and_maths_stay_readable_on_a_phone():
+    """At 390 px the scoreboard's rows become cards of labelled lines (every cell names its
+    column in data-label, and the CSS shows it), and display equations scroll inside their box."""
+    html = (HTML / "book" / "scoreboard.html").read_text()
+    cells = re.findall(r"<td\b[^>]*>", html)
+    assert cells and all("data-label=" in cell for cell in cells), "a scoreboard cell without data-label"
+    css = (HTML / "_static" / "book.css").read_text()
+    assert "attr(data-label)" in css and re.search(r'mjx-container\[display="true"\][^}]*overflow-x: auto', css)
