@@ -206,3 +206,12 @@ def test_defect_lab_starter_code_prints_what_the_sheet_quotes(capsys):
     quoted = re.search(r"```text\n(crack: .*?)\n```", sheet, re.DOTALL).group(1)
     exec(compile(code, "defect_type.md", "exec"), {"__name__": "lab"})  # noqa: S102 (the sheet's own code)
     assert capsys.readouterr().out.strip() == quoted
+
+
+@pytest.mark.parametrize("name", ["intro.md", "setup.md", "teaching.md"])
+def test_run_times_come_only_from_the_measured_substitutions(name):
+    """A chapter's run time on these pages is a substitution (``{{ runtime_<stem> }}`` measured,
+    ``{{ full_estimate_<stem> }}`` estimated, both defined once), never typed in beside it."""
+    text = re.sub(r"\{\{[^}]*\}\}", " ", (ROOT / "book" / name).read_text())
+    typed = re.findall(r"\b\d+(?:\.\d+)?\s?(?:s|sec|min|minutes?|hours?)\b|minutes to an hour|hours per", text)
+    assert not typed, f"run times typed into {name}: {typed}"
