@@ -61,8 +61,9 @@ def whiten_(covariance: Tensor) -> Tensor:
     ``S22``) gives ``W22`` and ``W21 = -W22 L21 W11`` replaces ``S21``. Most of the work is
     batched matrix products over the ``p`` matrices; only blocks of at most
     :data:`WHITEN_BLOCK` go through LAPACK, which on small matrices runs far below the matmul
-    rate. Memory beyond ``covariance``: at most about ``p C^2`` values at any time (``L21`` and
-    the products, each a quarter of the matrices at the top level).
+    rate. Memory beyond ``covariance``: at most about ``1.5 p C^2`` values at any time (at the
+    top level ``L21`` and two products, each a quarter of the matrices; in a leaf, the factor
+    and the solution).
     """
     failed = torch.zeros(covariance.shape[0], dtype=torch.bool, device=covariance.device)
     _whiten_in_place(covariance, failed)
@@ -76,8 +77,8 @@ def _whiten_in_place(s: Tensor, failed: Tensor) -> None:
     if n <= WHITEN_BLOCK:
         factor, info = torch.linalg.cholesky_ex(s)
         failed |= info != 0
-        identity = torch.eye(n, dtype=s.dtype, device=s.device).expand_as(s).contiguous()
-        s.copy_(torch.linalg.solve_triangular(factor, identity, upper=False))
+        s.zero_().diagonal(dim1=1, dim2=2).fill_(1)                # the identity, in place
+        s.copy_(torch.linalg.solve_triangular(factor, s, upper=False))
         return
     k = n // 2
     _whiten_in_place(s[:, :k, :k], failed)
@@ -153,10 +154,10 @@ class PaDiM(nn.Module):
         matrices hold about :data:`CHUNK_VALUES_CPU` (or ``_GPU``) values each.
 
         With ``positions`` (a fit): also few enough that a piece's temporaries (the embeddings
-        in the input dtype and in ``dtype``, the covariances and the whitening's work space,
-        both ``(p, C, C)`` in ``dtype``), plus ``reserved`` bytes held for the whole fit, stay
-        under :data:`FIT_MEMORY_SHARE` of the stored Gaussians (``positions`` means and ``W``
-        in ``store_dtype``).
+        in the input dtype and in ``dtype``, the ``(p, C, C)`` covariances in ``dtype`` and the
+        whitening's work space, 1.5 times theirs), plus ``reserved`` bytes held for the whole
+        fit, stay under :data:`FIT_MEMORY_SHARE` of the stored Gaussians (``positions`` means
+        and ``W`` in ``store_dtype``).
         """
         budget = CHUNK_VALUES_CPU if device.type == "cpu" else CHUNK_VALUES_GPU
         step = max(1, budget // (self.n_dims * max(images, self.n_dims)))
@@ -164,7 +165,7 @@ class PaDiM(nn.Module):
             return step
         c, wide = self.n_dims, torch.finfo(dtype).bits // 8
         stored = positions * c * (c + 1) * (torch.finfo(store_dtype).bits // 8)
-        per_position = wide * (images * c + 2 * c * c) + 4 * images * c
+        per_position = wide * (images * c + 2.5 * c * c) + 4 * images * c
         return max(1, min(step, int((FIT_MEMORY_SHARE * stored - reserved) // per_position)))
 
     def _chunks(self, embeddings: Tensor, dtype: torch.dtype, device: torch.device | None = None,
@@ -268,7 +269,9 @@ class PaDiM(nn.Module):
                     shift[part] = x.mean(dim=1, keepdim=True)
                 x -= shift[part].to(dtype)
                 total[part] += x.sum(dim=1, keepdim=True)
-                gram[part] += torch.bmm(x.mT, x)
+                # in dtype, then one rounding into the store (`gram[part] += ...` across dtypes
+                # would hold two more temporaries of the piece's size)
+                gram[part] = gram[part].to(dtype).baddbmm_(x.mT, x)
             count += batch.shape[0]
         self._check_count(count)
         step = self._step(0, gram.device, positions, store_dtype, dtype, reserved)

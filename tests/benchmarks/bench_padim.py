@@ -6,6 +6,7 @@ Run as a script (prints a report and checks the goals)::
     python -m tests.benchmarks.bench_padim                # R18-Rd100: 100 dims, 56x56 positions
     python -m tests.benchmarks.bench_padim --scaling      # time and memory against positions and dims
     python -m tests.benchmarks.bench_padim --paper-scale  # WR50-Rd550: 550 dims, 56x56, 200 images
+    python -m tests.benchmarks.bench_padim --paper-scale --device cuda   # the same on a GPU
 
 or as the pytest-benchmark group ``padim`` (``make benchmark``). Both sides get the same
 random embeddings. The source fits with ``np.cov`` position by position and, at test time,
@@ -65,7 +66,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import numpy as np
 import torch
@@ -75,7 +76,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from utils.padim import PaDiM, whiten  # noqa: E402
+import utils.padim as padim_module
+from utils.padim import PaDiM, whiten
 
 FIT_GOAL = 1.0     # packaged fit at least as fast as np.cov + np.linalg.inv per position
 SCORE_GOAL = 10.0  # packaged scoring at least 10x faster than inv + scipy mahalanobis
@@ -186,7 +188,7 @@ class PeakRSS:
     (``/proc/self/clear_refs``); on exit the peak (``VmHWM``) minus the size at entry is read.
     """
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> Self:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")
         self.start = _status_bytes("VmRSS")
@@ -197,25 +199,51 @@ class PeakRSS:
         self.megabytes = (_status_bytes("VmHWM") - self.start) / 2**20
 
 
+class PeakCUDA:
+    """Peak CUDA memory allocated inside a ``with`` block beyond what was allocated at entry:
+    ``.megabytes`` (MB) after it (``torch.cuda.max_memory_allocated``, synchronised)."""
+
+    def __enter__(self) -> Self:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        self.start = torch.cuda.memory_allocated()
+        self.megabytes = float("nan")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.cuda.synchronize()
+        self.megabytes = (torch.cuda.max_memory_allocated() - self.start) / 2**20
+
+
 def fit_worker(spec: dict[str, Any]) -> dict[str, float]:
     """Fit once on fresh embeddings ``spec`` = {dims, side, n_train, batch (None: one tensor),
-    threads}; return {fit_seconds, fit_peak_mb (peak resident MB above the level before the fit)}.
-    Meant to run alone in a fresh process (see :func:`measure_fit`)."""
+    threads, optional device ("cpu" or "cuda"), optional chunk_values (the piece budget a CPU
+    fit uses: ``CHUNK_VALUES_GPU`` rehearses a GPU's pieces on the CPU)}; return {fit_seconds,
+    fit_peak_mb (peak MB above the level before the fit: resident memory on a CPU, allocated
+    CUDA memory on a GPU)}. Meant to run alone in a fresh process (see :func:`measure_fit`)."""
     torch.set_num_threads(spec["threads"])
-    train = random_embeddings(spec["n_train"], spec["dims"], spec["side"], spec["side"])
+    device = torch.device(spec.get("device", "cpu"))
+    if spec.get("chunk_values"):
+        padim_module.CHUNK_VALUES_CPU = int(spec["chunk_values"])
+    train = random_embeddings(spec["n_train"], spec["dims"], spec["side"], spec["side"]).to(device)
     batches = train if spec["batch"] is None else train.split(spec["batch"])  # views: no new memory
     model = PaDiM(spec["dims"])
-    PaDiM(spec["dims"]).fit(random_embeddings(spec["dims"] + 1, spec["dims"], 1, 2).split(spec["dims"] // 2 + 1))
-    with PeakRSS() as peak:
+    warm_up = random_embeddings(spec["dims"] + 1, spec["dims"], 1, 2).to(device)
+    PaDiM(spec["dims"]).fit(warm_up.split(spec["dims"] // 2 + 1))
+    with PeakCUDA() if device.type == "cuda" else PeakRSS() as peak:
         t0 = time.perf_counter()
         model.fit(batches)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
     return {"fit_seconds": seconds, "fit_peak_mb": peak.megabytes}
 
 
-def measure_fit(dims: int, side: int, n_train: int, batch: int | None = None) -> dict[str, float]:
+def measure_fit(dims: int, side: int, n_train: int, batch: int | None = None,
+                device: str = "cpu") -> dict[str, float]:
     """Run :func:`fit_worker` in a fresh Python process (so its peak is the fit's own)."""
-    spec = {"dims": dims, "side": side, "n_train": n_train, "batch": batch, "threads": torch.get_num_threads()}
+    spec = {"dims": dims, "side": side, "n_train": n_train, "batch": batch, "threads": torch.get_num_threads(),
+            "device": device}
     return json.loads(run_worker("tests.benchmarks.bench_padim", ["--worker", json.dumps(spec)]))
 
 
@@ -459,26 +487,38 @@ def scaling(path: Path = SCALING_JSON) -> dict[str, Any]:
     return data
 
 
-def paper_scale() -> dict[str, float]:
-    """WR50-Rd550 (550 dims, 56x56, 200 images) fitted end to end on the CPU, from one tensor and
-    streamed in batches of :data:`PAPER_BATCH`; print and return times, peaks and ratios."""
+def paper_scale(device: str = "cpu") -> dict[str, float]:
+    """WR50-Rd550 (550 dims, 56x56, 200 images) fitted end to end on ``device``, from one tensor
+    and streamed in batches of :data:`PAPER_BATCH`; print and return times, peaks and ratios.
+    On a GPU the numbers are also written to ``results/benchmarks/padim_paper_scale_<device>.json``
+    (peaks: allocated CUDA memory beyond the inputs)."""
     s = PAPER
-    mm64 = matmul_gflops(torch.float64)
+    on_cpu = torch.device(device).type == "cpu"
+    mm64 = matmul_gflops(torch.float64) if on_cpu else float("nan")
     stored = stored_mb(s.positions, s.dims)
-    print(f"PaDiM at the paper's scale (WR50-Rd550): {s.dims} dims, {s.side}x{s.side} positions, "
-          f"{s.n_train} images; Gaussians {stored:.0f} MB; float64 matmul {mm64:.1f} GFLOP/s")
+    print(f"PaDiM at the paper's scale (WR50-Rd550) on {device}: {s.dims} dims, {s.side}x{s.side} positions, "
+          f"{s.n_train} images; Gaussians {stored:.0f} MB" + (f"; float64 matmul {mm64:.1f} GFLOP/s" if on_cpu else ""))
     res = {"stored_mb": stored, "matmul64_gflops": mm64}
     for name, batch in (("one tensor", None), (f"streamed, batches of {PAPER_BATCH}", PAPER_BATCH)):
-        fit = measure_fit(s.dims, s.side, s.n_train, batch)
+        fit = measure_fit(s.dims, s.side, s.n_train, batch, device)
         rate = fit_gflop(s.positions, s.n_train, s.dims) / fit["fit_seconds"] / mm64
         key = "stream" if batch else "one"
         res.update({f"{key}_fit_s": fit["fit_seconds"], f"{key}_peak_mb": fit["fit_peak_mb"], f"{key}_rate": rate})
-        print(f"  {name:26s}: {fit['fit_seconds']:6.1f} s ({rate:.0%} of float64 matmul), peak "
-              f"{fit['fit_peak_mb']:.0f} MB = {fit['fit_peak_mb'] / stored:.2f}x the Gaussians (goal <= {MEMORY_GOAL}x)")
-    bounds_ = bounds(s)
-    print(f"  bounds on one piece: Gram bmm {bounds_['gram_gflops']:.1f} GFLOP/s, whitening "
-          f"{bounds_['whiten_gflops']:.1f} GFLOP/s (LAPACK cholesky_ex + solve_triangular "
-          f"{bounds_['lapack_chol_trsm_gflops']:.1f})")
+        print(f"  {name:26s}: {fit['fit_seconds']:6.2f} s" + (f" ({rate:.0%} of float64 matmul)" if on_cpu else "")
+              + f", peak {fit['fit_peak_mb']:.0f} MB = {fit['fit_peak_mb'] / stored:.2f}x the Gaussians "
+              f"(goal <= {MEMORY_GOAL}x)")
+    if on_cpu:
+        bounds_ = bounds(s)
+        print(f"  bounds on one piece: Gram bmm {bounds_['gram_gflops']:.1f} GFLOP/s, whitening "
+              f"{bounds_['whiten_gflops']:.1f} GFLOP/s (LAPACK cholesky_ex + solve_triangular "
+              f"{bounds_['lapack_chol_trsm_gflops']:.1f})")
+    else:
+        path = SCALING_JSON.with_name(f"padim_paper_scale_{torch.device(device).type}.json")
+        facts = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0),
+                 "date": datetime.date.today().isoformat()}
+        path.write_text(json.dumps({"machine": facts, "size": {"dims": s.dims, "side": s.side,
+                                                              "n_train": s.n_train}, **res}, indent=1) + "\n")
+        print(f"  wrote {path.relative_to(ROOT)}")
     assert max(res["one_peak_mb"], res["stream_peak_mb"]) <= MEMORY_GOAL * stored, "paper-scale fit over the memory goal"
     return res
 
@@ -523,6 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", action="store_true", help="a quick run on a 20x20 grid (memory goal not checked)")
     parser.add_argument("--scaling", action="store_true", help=f"write {SCALING_JSON.relative_to(ROOT)}")
     parser.add_argument("--paper-scale", action="store_true", help="fit WR50-Rd550 (550 dims, 56x56) once")
+    parser.add_argument("--device", default="cpu", help="device of the --paper-scale fits (cpu, cuda)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one fit in this fresh process (measure_fit)
     args = parser.parse_args(argv)
     if args.worker:
@@ -530,7 +571,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.scaling:
         scaling()
     elif args.paper_scale:
-        paper_scale()
+        paper_scale(args.device)
     else:
         res = compare(SMALL if args.small else FULL)
         check_goals(res, memory=not args.small)
