@@ -261,7 +261,7 @@ def test_stale_folders_of_dead_runners_are_removed(private_build):
 # The runner in a child process, in a throw-away git repository laid out like this one.
 RUNNER = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
           "from tools import run_notebooks as r; r.RUNS = Path(sys.argv[2]); "
-          "sys.exit(r.main(['--force', sys.argv[3]]))")
+          "r.FULL_OUTPUT = r.RUNS.parent / 'full'; sys.exit(r.main(sys.argv[3:]))")
 
 
 def fake_repo(tmp_path):
@@ -284,10 +284,10 @@ def fake_repo(tmp_path):
     return repo, path, env, git
 
 
-def start_runner(repo, path, env):
-    """Start the runner on ``path``; return it once the notebook's long cell is running."""
+def start_runner(repo, env, *args):
+    """Start the runner with ``args``; return it once the sleepy notebook's long cell is running."""
     runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(ROOT), str(repo / "_build" / "runs"),
-                               str(path)], cwd=repo, env=env, stdout=subprocess.PIPE,
+                               *args], cwd=repo, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
     while not (repo / "kernel.pid").exists():
@@ -308,7 +308,7 @@ def wait_gone(pid, seconds=30):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_leaves_git_status_clean(tmp_path, signum):
     repo, path, env, git = fake_repo(tmp_path)
-    runner, kernel = start_runner(repo, path, env)
+    runner, kernel = start_runner(repo, env, "--force", str(path))
     runner.send_signal(signum)
     out, err = runner.communicate(timeout=120)
     assert runner.returncode == 128 + signum, err
@@ -328,7 +328,7 @@ def claims_in(path):
 
 def test_the_next_run_removes_what_a_killed_run_left(tmp_path, monkeypatch):
     repo, path, env, git = fake_repo(tmp_path)
-    runner, kernel = start_runner(repo, path, env)
+    runner, kernel = start_runner(repo, env, "--force", str(path))
     runner.kill()
     runner.communicate(timeout=60)
     runs = repo / "_build" / "runs"
@@ -340,3 +340,19 @@ def test_the_next_run_removes_what_a_killed_run_left(tmp_path, monkeypatch):
     run_notebooks.execute(quick, "tiny")
     assert not list(runs.iterdir())
     assert claims_in(repo / "results" / "99_sleepy.tiny.json") == ["committed claim"]
+
+
+def test_interrupted_full_run_reports_what_finished(tmp_path):
+    repo, path, env, git = fake_repo(tmp_path)
+    first = repo / "notebooks" / "98_quick.ipynb"
+    make_chapter(first, "pass")
+    runner, kernel = start_runner(repo, env, "--profile", "full", str(first), str(path))
+    runner.send_signal(signal.SIGINT)
+    out, err = runner.communicate(timeout=120)
+    assert runner.returncode == 130, err
+    table = out[out.index("| chapter"):].splitlines()
+    assert len(table) == 3 and [c.strip() for c in table[2].split("|")[1:3]] == ["98_quick", "ran"]
+    assert claims_in(repo / "results" / "98_quick.full.json") == ["measured"]
+    assert not (repo / "results" / "99_sleepy.full.json").exists()
+    assert not list((repo / "_build" / "runs").iterdir())
+    assert wait_gone(kernel)

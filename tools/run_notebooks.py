@@ -360,9 +360,14 @@ def run_all(paths: list[Path], profile: str, force: bool) -> int:
     """Run ``paths`` in order; the exit status (see the module docstring)."""
     if profile != "tiny":
         outcomes = []
-        for path in paths:
-            print(f"running {path.stem} ({profile} profile) ...", flush=True)
-            outcomes.append(run_chapter(path, profile))
+        try:
+            for path in paths:
+                print(f"running {path.stem} ({profile} profile) ...", flush=True)
+                outcomes.append(run_chapter(path, profile))
+        except Interrupted:
+            if outcomes:  # what finished before the interruption still counts
+                print(report_table(outcomes))
+            raise
         print(report_table(outcomes))
         ran = sum(o.status == "ran" for o in outcomes)
         print(f"{ran} of {len(outcomes)} chapters ran; executed copies and logs: "
