@@ -135,3 +135,14 @@ def test_banner_names_the_policy_and_nothing_machine_specific(capsys, monkeypatc
                     "no data directory (generated data only)")
     assert config.NUMERICS["fast"].banner() == (
         "numerics=fast (TF32 on; claims within 0.02 of a strict run, trained ones 0.05)")
+
+
+def test_full_float32_turns_tf32_off_inside_and_restores_it(restore_numerics):
+    config.NUMERICS["fast"].apply()
+    with config.full_float32():
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    with pytest.raises(RuntimeError, match="inside"), config.full_float32():
+        raise RuntimeError("inside")
+    assert torch.get_float32_matmul_precision() == "high"

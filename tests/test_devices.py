@@ -77,3 +77,23 @@ def test_load_state_moves_an_ordinary_network_and_maps_its_tensors():
     restored = models.load_state(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), saved(net), META)
     assert models.model_device(restored) == META
     assert restored[1].running_mean.device == META
+
+
+def test_padim_scores_in_full_float32_under_any_policy(monkeypatch):
+    # under the fast policy (TF32 allowed) a GPU would score with ~1e-3 relative error; the
+    # scoring products must see TF32 off, and the caller's setting must come back afterwards
+    model, test = fitted_padim(), torch.randn(2, 8, 3, 4)
+    seen = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a, **k: seen.append(
+        (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)) or bmm(*a, **k))
+    previous = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        model(test)
+        assert seen and set(seen) == {("highest", False)}
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(previous[0])
+        torch.backends.cuda.matmul.allow_tf32 = previous[1]

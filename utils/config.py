@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -118,6 +119,26 @@ class Numerics:
         if self.tf32:
             return f"numerics={self.name} (TF32 on; {self.tolerance})"
         return f"numerics={self.name} (TF32 off, deterministic)"
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Run float32 matrix products and convolutions in full float32 inside the block (TF32 off,
+    whatever the policy), and put the flags back after it, even on an error.
+
+    For small products whose results are compared with a reference to float32 rounding (an
+    identity a chapter asserts, PaDiM's scoring): under the ``fast`` policy they would
+    otherwise carry TF32's ~1e-3 relative error on a GPU.
+    """
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+        torch.set_float32_matmul_precision(saved[2])
 
 
 NUMERICS: dict[str, Numerics] = {

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .anomaly import select_dims
+from .config import full_float32
 
 #: Values per piece of positions in PaDiM's fit and scoring: a piece's float64 temporaries (its
 #: embeddings and its C x C matrices) are a few megabytes on a CPU (cache-sized, and small next
@@ -330,7 +331,8 @@ class PaDiM(nn.Module):
 
         ``d = ||W (x - mu)||``: the subtraction first (exact for nearby floats, so means far
         larger than the spread lose no digits), then batched matrix products over positions and
-        images, in the stored dtype, on the model's device. Embeddings on another device raise
+        images, in the stored dtype (TF32 off, whatever the numerics policy: the products are
+        a small part of the work), on the model's device. Embeddings on another device raise
         ``ValueError`` (a model rebuilt on the CPU and fed GPU embeddings would otherwise score
         on the CPU, with other roundings: load it with :func:`utils.models.load_state`).
         NaN or inf in the kept channels raise ``ValueError``.
@@ -345,10 +347,11 @@ class PaDiM(nn.Module):
             raise ValueError(f"embeddings are on a {h}x{w} grid, the model was fitted on "
                              f"{'x'.join(map(str, self.grid.tolist()))}")
         out = self.whitening.new_empty(h * w, b)
-        for part, x in self._chunks(embeddings, self.whitening.dtype, self.whitening.device):
-            x -= self.mean[part, None, :]
-            z = torch.bmm(x, self.whitening[part].mT)                              # (p, B, C)
-            out[part] = torch.linalg.vector_norm(z, dim=2)
+        with full_float32():  # no TF32: distances agree with a CPU's to float32 rounding
+            for part, x in self._chunks(embeddings, self.whitening.dtype, self.whitening.device):
+                x -= self.mean[part, None, :]
+                z = torch.bmm(x, self.whitening[part].mT)                          # (p, B, C)
+                out[part] = torch.linalg.vector_norm(z, dim=2)
         not_finite = ~torch.isfinite(out)
         if not_finite.any():
             raise ValueError(f"embeddings contain NaN or inf values: {int(not_finite.sum())} of {out.numel()} "
