@@ -112,7 +112,7 @@ def html_table(header: list[str], rows: list[list[str]], css: str) -> list[str]:
     """A table as raw HTML (cells already HTML), one line per row and no blank line (so Markdown
     keeps it as one block). Each cell carries its column's name in ``data-label``: on a phone
     the book's CSS shows every row as a card of labelled lines instead of columns off-screen."""
-    lines = [f'<table class="{css}">',
+    lines = [f'<table class="table {css}">',
              "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr></thead>",
              "<tbody>"]
     for row in rows:
