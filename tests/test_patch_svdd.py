@@ -250,7 +250,7 @@ def test_train_bad_images_and_classifiers():
     with pytest.raises(ValueError, match="floating point"):
         ps.train(encoder, _classifiers(), torch.zeros(2, 3, 128, 128, dtype=torch.uint8), 1, 1)
     one = nn.ModuleDict({"64": ps.PositionClassifier()})
-    with pytest.raises(ValueError, match=r"keys \['32', '64'\]"):
+    with pytest.raises(ValueError, match=r"keys \[.32., .64.\]; got \[.64.\]"):
         ps.train(encoder, one, torch.rand(2, 3, 128, 128), 1, 1, 2)
 
 
@@ -377,3 +377,56 @@ def test_dense_codes_equal_patch_by_patch_in_float64(k, stride):
     slow = ps.patch_codes(encoder, images, k, stride)
     assert dense.dtype == torch.float64
     torch.testing.assert_close(dense, slow, rtol=0, atol=1e-12)
+
+
+def test_training_one_level_and_position_accuracy():
+    torch.manual_seed(10)
+    encoder = ps.Encoder64()
+    head = [p.clone() for p in encoder.head.parameters()]
+    classifiers = nn.ModuleDict({"32": ps.PositionClassifier()})
+    images = torch.rand(3, 3, 96, 96)
+    history = ps.train(encoder, classifiers, images, 2, 1, 2, levels=("32",))
+    assert set(history.terms) == {"ssl32", "svdd32", "total"}
+    assert all(len(v) == 2 for v in history.terms.values())
+    assert all(torch.equal(a, b) for a, b in zip(head, encoder.head.parameters()))
+    with pytest.raises(ValueError, match="levels must be distinct names"):
+        ps.train(encoder, classifiers, images, 1, 1, 2, levels=("16",))
+    with pytest.raises(ValueError, match="not those of levels"):
+        ps.train(encoder, classifiers, images, 1, 1, 2, history=ps.History(), levels=("32",))
+    both = _classifiers()
+    acc = ps.position_accuracy(encoder, both, torch.rand(2, 3, 128, 128), n=64, seed=1)
+    again = ps.position_accuracy(encoder, both, torch.rand(2, 3, 128, 128), n=64, seed=1)
+    assert acc == again and set(acc) == {"64", "32"} and all(0 <= v <= 1 for v in acc.values())
+    assert not encoder.training
+
+
+def test_position_accuracy_of_a_perfect_and_a_constant_classifier():
+    """A classifier that reads the direction off the codes scores 1; a constant one 1/8-ish."""
+
+    class Oracle(nn.Module):
+        def forward(self, h1, h2):  # codes are the patches' corners: h1 - h2 = -shift
+            shift = (h2 - h1).flatten(1)[:, :2].sign().long()
+            table = torch.tensor(ps.DIRECTIONS)
+            return (shift[:, None, :] == table[None]).all(dim=2).float()
+
+    class Corner(nn.Module):  # "encoder" whose code is the patch's own pixel (0, 0)
+        K = 32
+
+        def forward(self, x):
+            return x[:, :2, 0, 0]
+
+    class Fake(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = Corner()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return x[:, :2, 0, 0]
+
+    ramp = torch.arange(128.0)
+    images = torch.stack([ramp[:, None].expand(128, 128), ramp[None].expand(128, 128),
+                          torch.zeros(128, 128)])[None]
+    oracle = nn.ModuleDict({"64": Oracle(), "32": Oracle()})
+    acc = ps.position_accuracy(Fake(), oracle, images, n=200, shift=0.0, noise=0.0)
+    assert acc == {"64": 1.0, "32": 1.0}

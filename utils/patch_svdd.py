@@ -56,6 +56,7 @@ __all__ = [
     "anomaly_maps",
     "MAP_NAMES",
     "LEVELS",
+    "position_accuracy",
 ]
 
 #: Code channels of both encoders.
@@ -378,13 +379,20 @@ def svdd_loss(h1: Tensor, h2: Tensor) -> Tensor:
 
 @dataclass
 class History:
-    """Mean of each loss term per epoch (epoch 1 first): keys ``ssl64, ssl32, svdd64, svdd32, total``."""
+    """Mean of each loss term per epoch (epoch 1 first): keys ``ssl64, ssl32, svdd64, svdd32,
+    total`` (only the trained levels' terms, and ``total``, when :func:`train` trains fewer)."""
 
     terms: dict[str, list[float]] = field(
         default_factory=lambda: {
             k: [] for k in ("ssl64", "ssl32", "svdd64", "svdd32", "total")
         }
     )
+
+    @classmethod
+    def for_levels(cls, levels: tuple[str, ...]) -> History:
+        """An empty history with the terms of ``levels`` (e.g. ``("32",)``) and ``total``."""
+        keys = [f"{task}{name}" for task in ("ssl", "svdd") for name in levels]
+        return cls({k: [] for k in [*keys, "total"]})
 
 
 def train(
@@ -399,6 +407,9 @@ def train(
     seed: int = 0,
     history: History | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    shift: float = 0.1,
+    noise: float = 0.02,
+    levels: tuple[str, ...] = ("64", "32"),
 ) -> History:
     """Train ``encoder`` (and ``classifiers['64']``, ``['32']``) with the Patch SVDD loss.
 
@@ -407,8 +418,10 @@ def train(
     and one SVDD' pair per level K = 64 and K = 32; the step minimises
     ``L_SSL64 + L_SSL32 + lam (L_SVDD'64 + L_SVDD'32)`` with Adam (``lr``; one optimiser for
     encoder and classifiers). An epoch is ``steps`` steps; ``on_epoch(epoch)`` is called after
-    each (e.g. to evaluate). Sampling uses its own generator seeded by ``seed``.
-    Returns the (extended) :class:`History`.
+    each (e.g. to evaluate). Sampling uses its own generator seeded by ``seed``. Each patch of
+    a position pair is perturbed with :func:`perturb` (``shift``, ``noise``; in the images'
+    units). ``levels=("32",)`` trains the K=32 level alone (its two terms only), e.g. to study
+    the position task cheaply. Returns the (extended) :class:`History`.
 
     Raises ``ValueError`` for bad settings or images (NaN or inf pixels included), and
     ``FloatingPointError`` if a step's loss is not finite (before that step changes a weight).
@@ -420,28 +433,39 @@ def train(
         raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
     if not 0 < lr < float("inf"):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if set(classifiers.keys()) != set(LEVELS):
+    if not levels or len(set(levels)) != len(levels) or not set(levels) <= set(LEVELS):
         raise ValueError(
-            f"classifiers must hold one PositionClassifier per level, keys "
-            f"{sorted(LEVELS)}; got {sorted(classifiers.keys())}"
+            f"levels must be distinct names from {list(LEVELS)}, got {levels!r}"
         )
-    history = history or History()
+    if not set(levels) <= set(classifiers.keys()):
+        raise ValueError(
+            f"classifiers must hold one PositionClassifier per trained level, keys "
+            f"{sorted(levels)}; got {sorted(classifiers.keys())}"
+        )
+    history = history or History.for_levels(levels)
+    if set(history.terms) != set(History.for_levels(levels).terms):
+        raise ValueError(
+            f"history holds the terms {sorted(history.terms)}, not those of levels {levels}"
+        )
     params = list(encoder.parameters()) + list(classifiers.parameters())
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
     size = tuple(images.shape[2:])
-    levels = (("64", encoder, Encoder64.K), ("32", encoder.enc, Encoder32.K))
+    nets = {"64": encoder, "32": encoder.enc}
     encoder.train()
     classifiers.train()
     for epoch in range(epochs):
         sums = dict.fromkeys(history.terms, 0.0)
         for step in range(steps):
             terms = {}
-            for name, net, k in levels:
+            for name in levels:
+                net, k = nets[name], LEVELS[name]
                 idx = torch.randint(images.shape[0], (batch,), generator=generator)
                 p1, p2, labels = sample_position_pairs(batch, size, k, generator)
-                a = perturb(crop_patches(images, idx, p1, k), generator=generator)
-                b = perturb(crop_patches(images, idx, p2, k), generator=generator)
+                a, b = (
+                    perturb(crop_patches(images, idx, p, k), shift, noise, generator)
+                    for p in (p1, p2)
+                )
                 h = net(torch.cat([a, b]))
                 terms["ssl" + name] = ssl_loss(
                     classifiers[name], h[:batch], h[batch:], labels
@@ -457,10 +481,8 @@ def train(
                     )
                 )
                 terms["svdd" + name] = svdd_loss(h[:batch], h[batch:])
-            loss = (
-                terms["ssl64"]
-                + terms["ssl32"]
-                + lam * (terms["svdd64"] + terms["svdd32"])
+            loss = sum(terms["ssl" + n] for n in levels) + lam * sum(
+                terms["svdd" + n] for n in levels
             )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -481,6 +503,54 @@ def train(
     encoder.eval()
     classifiers.eval()
     return history
+
+
+@torch.no_grad()
+def position_accuracy(
+    encoder: Encoder64,
+    classifiers: nn.ModuleDict,
+    images: Tensor,
+    n: int = 1024,
+    seed: int = 0,
+    shift: float = 0.1,
+    noise: float = 0.02,
+    levels: tuple[str, ...] = ("64", "32"),
+) -> dict[str, float]:
+    """Share of ``n`` fresh position pairs per level whose direction the classifier gets right.
+
+    ``images``: ``(N, 3, H, W)``, e.g. normal images held out of training; pairs are drawn as
+    in :func:`train` (same perturbation) with a generator seeded by ``seed``. Returns
+    ``{level: accuracy}`` for ``levels`` (default ``"64"`` and ``"32"``); chance is ``1 / 8``.
+    """
+    if not levels or not set(levels) <= set(LEVELS):
+        raise ValueError(f"levels must be names from {list(LEVELS)}, got {levels!r}")
+    _check_for_encoder(encoder, images)
+    _positive_int(n, "n")
+    generator = torch.Generator().manual_seed(seed)
+    size = tuple(images.shape[2:])
+    was_training = encoder.training, classifiers.training
+    encoder.eval()
+    classifiers.eval()
+    accuracy = {}
+    nets = {"64": encoder, "32": encoder.enc}
+    for name in levels:
+        net, k = nets[name], LEVELS[name]
+        idx = torch.randint(images.shape[0], (n,), generator=generator)
+        p1, p2, labels = sample_position_pairs(n, size, k, generator)
+        a, b = (
+            perturb(crop_patches(images, idx, p, k), shift, noise, generator)
+            for p in (p1, p2)
+        )
+        logits = torch.cat(
+            [
+                classifiers[name](net(x), net(y))
+                for x, y in zip(a.split(256), b.split(256))
+            ]
+        )
+        accuracy[name] = float((logits.argmax(1).cpu() == labels).float().mean())
+    encoder.train(was_training[0])
+    classifiers.train(was_training[1])
+    return accuracy
 
 
 # --- Inference --------------------------------------------------------------------------------
