@@ -215,3 +215,16 @@ def test_run_times_come_only_from_the_measured_substitutions(name):
     text = re.sub(r"\{\{[^}]*\}\}", " ", (ROOT / "book" / name).read_text())
     typed = re.findall(r"\b\d+(?:\.\d+)?\s?(?:s|sec|min|minutes?|hours?)\b|minutes to an hour|hours per", text)
     assert not typed, f"run times typed into {name}: {typed}"
+
+
+def test_setup_gives_the_full_profile_recipe_in_order_with_real_targets():
+    setup = (ROOT / "book" / "setup.md").read_text()
+    recipe = setup[setup.index("## Full profile on a GPU"):]
+    steps = ["make data ARGS=--plan", "`make data`", "make gpu-check", "make book PROFILE=full", "`full`"]
+    places = [recipe.find(step) for step in steps]
+    assert -1 not in places and places == sorted(places), dict(zip(steps, places))
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("data", "gpu-check", "book", "student"):
+        assert re.search(rf"^{target}:", makefile, re.M), f"the Makefile has no `{target}` target"
+    numerics = setup[setup.index("**Numerics.**"):].split("\n\n")[0]
+    assert "TF32" in numerics and "deterministic" in numerics and numerics.count(". ") + 1 == 2
