@@ -88,8 +88,12 @@ def test_chapter_opens_with_what_you_will_learn(nb):
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=ids(NOTEBOOKS))
 def test_chapter_ends_with_a_summary(nb):
-    assert any(re.search(r"```\{admonition\} Summary\n:class: important\n(- .+\n)+", s) for s in markdown(nb)), \
-        "no 'Summary' admonition (class important) with bullets"
+    cells = read(nb).cells
+    summary = [i for i, c in enumerate(cells) if c.cell_type == "markdown"
+               and re.search(r"```\{admonition\} Summary\n:class: important\n(- .+\n)+", c.source)]
+    assert summary, "no 'Summary' admonition (class important) with bullets"
+    exercises = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and EXERCISE.match(c.source)]
+    assert not exercises or summary[-1] > exercises[-1], "the Summary comes after the exercises"
 
 
 @pytest.mark.parametrize("nb", PAPER_CHAPTERS, ids=ids(PAPER_CHAPTERS))
