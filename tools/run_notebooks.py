@@ -15,8 +15,10 @@ they moved into place, each file replaced in one step:
   goes to ``_build/full/<name>`` (a failed one too, to read the failing cell), with the kernel's
   log beside it (``<stem>.log``), and the numbers to ``results/<chapter>.full.json`` (ignored by
   git), only on success. The run goes on past a chapter whose data or weights are missing
-  (``MissingDataError``, ``MissingWeightsError``) and past a failed chapter, and ends with one table: chapter, status
-  (ran / missing: what and how to get it / failed: cell and the error's last line), time.
+  (``MissingDataError``, ``MissingWeightsError``) and past a failed chapter, and ends with one
+  table: chapter, status (ran / missing: what and how to get it / failed: cell and the error's
+  last line), time; no traceback is printed. An interrupted full run prints the table of the
+  chapters that finished.
 
 A failed or interrupted run (Ctrl-C, SIGTERM) changes nothing in ``notebooks/`` or
 ``results/`` and removes its folder; folders a killed runner left behind (their PID is no
@@ -290,15 +292,17 @@ def execute(path: Path, profile: str, output_dir: Path | None = None) -> tuple[P
     return (path if profile == "tiny" else output_dir / path.name), seconds
 
 
-def _last_line(text: str) -> str:
+def _last_line(text: object) -> str:
+    """The last non-blank line of ``str(text)``, stripped (empty when there is none)."""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     return lines[-1] if lines else ""
 
 
 def describe_failure(err: Exception, path: Path) -> tuple[str, str]:
     """``(status, detail)`` for a run that raised ``err``: ``missing`` with the message of a
-    missing-data or missing-weights error (what is missing, how to get it), or ``failed`` with the cell (0-based
-    index in the committed notebook, Markdown cells included) and the error's last line."""
+    missing-data or missing-weights error (what is missing, how to get it), or ``failed`` with
+    the cell (0-based index in the committed notebook, Markdown cells included) and the error's
+    last line."""
     from papermill.exceptions import PapermillExecutionError
 
     if not isinstance(err, PapermillExecutionError):
