@@ -82,7 +82,7 @@ def missing_files(text: str, folder: Path = ROOT) -> list[str]:
 def test_chapter_opens_with_what_you_will_learn(nb):
     first = read(nb).cells[0]
     assert first.cell_type == "markdown" and first.source.startswith("# "), "the first cell holds the title"
-    assert re.search(r"```\{admonition\} You will learn\n:class: tip\n(- .+\n){3,6}```", first.source), \
+    assert re.search(r"```\{admonition\} You will learn\n:class: tip\n(- .+\n( +.+\n)*){3,6}```", first.source), \
         "the first cell needs a 'You will learn' admonition (class tip) of 3-6 bullets"
 
 
@@ -90,7 +90,7 @@ def test_chapter_opens_with_what_you_will_learn(nb):
 def test_chapter_ends_with_a_summary(nb):
     cells = read(nb).cells
     summary = [i for i, c in enumerate(cells) if c.cell_type == "markdown"
-               and re.search(r"```\{admonition\} Summary\n:class: important\n(- .+\n)+", c.source)]
+               and re.search(r"```\{admonition\} Summary\n:class: important\n(- .+\n( +.+\n)*){4,7}```", c.source)]
     assert summary, "no 'Summary' admonition (class important) with bullets"
     exercises = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and EXERCISE.match(c.source)]
     assert not exercises or summary[-1] > exercises[-1], "the Summary comes after the exercises"
