@@ -70,9 +70,13 @@ def test_failing_command_under_load_returns_its_status_and_stops_the_loops(spy):
 
 
 def test_load_mode_defaults_to_one_loop_per_core(spy, monkeypatch):
-    monkeypatch.setattr(stress.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(stress, "cores", lambda: 3)
     assert stress.run([sys.executable, "-c", "pass"], "load") == 0
     assert len(spy) == 3 and all(p.returncode is not None for p in spy)
+
+
+def test_cores_counts_the_cpus_this_process_may_use():
+    assert 1 <= stress.cores() <= (os.cpu_count() or 1)
 
 
 def test_one_thread_mode_sets_every_thread_variable(tmp_path, monkeypatch):

@@ -69,6 +69,13 @@ def busy_loops(workers: int) -> Iterator[list[subprocess.Popen]]:
             proc.wait()
 
 
+def cores() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def one_thread_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: this process's environment) with every thread variable set to 1."""
     return {**(os.environ if base is None else base), **{name: "1" for name in THREAD_VARIABLES}}
@@ -100,7 +107,7 @@ def run(command: Sequence[str], mode: str, workers: int | None = None) -> int:
         print(f"stress: {' '.join(THREAD_VARIABLES)} = 1", file=sys.stderr, flush=True)
         return run_command(command, one_thread_env())
     if workers is None:
-        workers = os.cpu_count() or 1
+        workers = cores()
     with busy_loops(workers) as procs:
         pids = " ".join(str(p.pid) for p in procs)
         print(f"stress: {workers} busy loops beside the command (pids {pids})", file=sys.stderr,
