@@ -232,3 +232,11 @@ def test_setup_gives_the_full_profile_recipe_in_order_with_real_targets():
         assert re.search(rf"^{target}:", makefile, re.M), f"the Makefile has no `{target}` target"
     numerics = setup[setup.index("**Numerics.**"):].split("\n\n")[0]
     assert "TF32" in numerics and "deterministic" in numerics and numerics.count(". ") + 1 == 2
+
+
+def test_hooks_lab_starter_code_prints_what_the_sheet_quotes(capsys):
+    sheet = (ROOT / "book" / "labs" / "hooks.md").read_text()
+    code = re.search(r"```python\n(.*?)```", sheet, re.DOTALL).group(1)
+    quoted = re.search(r"```text\n(module 0: .*?)\n```", sheet, re.DOTALL).group(1)
+    exec(compile(code, "hooks.md", "exec"), {"__name__": "lab"})  # noqa: S102 (the sheet's own code)
+    assert capsys.readouterr().out.strip() == quoted
