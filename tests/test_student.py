@@ -34,9 +34,9 @@ def tiny_notebook() -> nbformat.NotebookNode:
 def test_student_edition_removes_solutions_and_clears_outputs():
     out = student.student_edition(tiny_notebook())
     sources = [c.source for c in out.cells]
-    assert sources == ["# Title", "x = 1", "**Exercise 2.1** (easy). Double x.", "print(x)"]
+    assert sources == ["# Title", student.NOTE, "x = 1", "**Exercise 2.1** (easy). Double x.", "print(x)"]
     assert all(c.outputs == [] and c.execution_count is None for c in out.cells if c.cell_type == "code")
-    assert out.cells[3].metadata["tags"] == ["hide-input"], "other tags are kept"
+    assert out.cells[4].metadata["tags"] == ["hide-input"], "other tags are kept"
     assert len(tiny_notebook().cells) == 7, "the input notebook is not changed"
 
 
@@ -57,7 +57,8 @@ def test_make_student_writes_every_chapter_without_solution_text(tmp_path):
         assert "{admonition} Solution" not in text, f"{path.name}: solution text survives"
         assert not any({"solution", "answer"} & set(c.metadata.get("tags", [])) for c in edition.cells)
         kept = [c.source for c in original.cells if not student.is_solution(c)]
-        assert [c.source for c in edition.cells] == kept, f"{path.name}: a non-solution cell was lost"
+        assert [c.source for c in edition.cells] == kept[:1] + [student.NOTE] + kept[1:], \
+            f"{path.name}: a non-solution cell was lost"
         assert len(re.findall(r"\*\*Exercise \d+\.\d+\*\*", text)) == len(
             re.findall(r"\*\*Exercise \d+\.\d+\*\*", path.read_text())), "every exercise is kept"
         assert all(not c.get("outputs") for c in edition.cells if c.cell_type == "code")

@@ -9,7 +9,8 @@ For each ``notebooks/NN_slug.ipynb`` it writes ``<output>/NN_slug.ipynb`` with
   cell that holds a ``{admonition} Solution`` block removed too, so that no solution survives
   even in a chapter whose cells are not tagged;
 * the outputs and execution counts of every remaining code cell cleared: the student edition
-  is for running, and a student sees each figure and number appear as they run the cell.
+  is for running, and a student sees each figure and number appear as they run the cell;
+* a short note under the title saying so, and where to run the notebook.
 
 Everything else (the exercises, the text, the code, the cell tags that fold the setup cell) is
 kept as it is. Run a student notebook from the ``notebooks/`` folder of a clone of the
@@ -38,14 +39,22 @@ def is_solution(cell: nbformat.NotebookNode) -> bool:
     return bool(REMOVED_TAGS & tags) or (cell.cell_type == "markdown" and SOLUTION_BLOCK in cell.source)
 
 
+NOTE = ("> **Student edition.** The worked solutions and the cells that check them are left out, "
+        "and every output is cleared: run the cells in order. Run the notebook from the `notebooks/` "
+        "folder of a clone of the repository (its setup cell imports `utils` from there), or on "
+        "Colab, where the setup cell clones the repository itself.")
+
+
 def student_edition(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``nb`` without solution and answer cells, every code cell's outputs cleared."""
+    """A copy of ``nb`` without solution and answer cells, every code cell's outputs cleared,
+    and a note under the first cell (the title) saying what this edition is."""
     out = nbformat.from_dict(nb)
     out.cells = [cell for cell in out.cells if not is_solution(cell)]
     for cell in out.cells:
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
+    out.cells.insert(1 if out.cells else 0, nbformat.v4.new_markdown_cell(NOTE))
     return out
 
 
