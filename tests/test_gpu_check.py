@@ -50,20 +50,111 @@ def recording_notebook(path, value_expression):
     nbformat.write(nb, path)
 
 
-@pytest.mark.parametrize("value, ok", [("91.0", True), ("99.0", False)])
-def test_rehearsal_on_cpu_compares_recorded_numbers_with_the_committed_ones(tmp_path, monkeypatch, capsys, value, ok):
+@pytest.mark.parametrize("value, ok, jobs", [("91.0", True, 2), ("99.0", False, 1)])
+def test_rehearsal_on_cpu_compares_recorded_numbers_with_the_committed_ones(tmp_path, monkeypatch, capsys,
+                                                                            value, ok, jobs):
     import json
 
     committed = tmp_path / "committed"
     committed.mkdir()
-    nb = tmp_path / "98_rehearsal.ipynb"
-    (committed / f"{nb.stem}.tiny.json").write_text(json.dumps(
-        [{"claim": "pixel AUROC of a fixed map", "ours": 91.0, "unit": "%"}]))
-    recording_notebook(nb, value)
+    notebooks = [tmp_path / "98_rehearsal.ipynb", tmp_path / "97_other.ipynb"][:jobs]
+    for nb in notebooks:
+        (committed / f"{nb.stem}.tiny.json").write_text(json.dumps(
+            [{"claim": "pixel AUROC of a fixed map", "ours": 91.0, "unit": "%"}]))
+        recording_notebook(nb, value)
     monkeypatch.setattr(gpu_check, "COMMITTED_RESULTS", committed)
-    code = gpu_check.main(["--device", "cpu", "--no-nbval", "--no-smoke", "--output", str(tmp_path / "out"), str(nb)])
+    out_dir = tmp_path / "out"
+    code = gpu_check.main(["--device", "cpu", "--no-nbval", "--no-smoke", "--jobs", str(jobs),
+                           "--output", str(out_dir), *map(str, notebooks)])
     out, err = capsys.readouterr()
-    assert "1 claims compared" in out
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["device"] == "cpu" and summary["nbval_lax"] == "skipped" and summary["jobs"] == jobs
+    row = summary["chapters"]["98_rehearsal"]
+    assert row["claims_compared"] == 1 and row["claims_outside"] == (0 if ok else 1)
+    assert row["smoke_ok"] is None and row["tiny_ok"]
+    assert "98_rehearsal" in out and "skipped" in out            # the summary table
     assert (code == 0) == ok
     if not ok:
-        assert "GPU CHECK FAILURE: 98_rehearsal.ipynb: 'pixel AUROC of a fixed map' (measured)" in err
+        assert "GPU CHECK FAILURE: 98_rehearsal: 'pixel AUROC of a fixed map' (measured)" in err
+
+
+def test_percentage_points_get_percentage_tolerances():
+    gain = row("mAP gain of training with BoostLU over LL-R", 0.0047, "points")
+    assert gpu_check.tolerance_for(gain) == ("trained", 5.0)
+    # the drift TF32 caused on an H200 (0.0047 -> 0.111 points) is rounding, not a failed claim
+    assert gpu_check.compare([gain], [{**gain, "ours": 0.111}]) == []
+
+
+def test_chapters_select_notebooks_by_number(tmp_path, monkeypatch):
+    for name in ("00_a.ipynb", "06_b.ipynb", "07_c.ipynb"):
+        (tmp_path / name).write_text("{}")
+    monkeypatch.setattr(gpu_check, "NOTEBOOKS", tmp_path)
+    assert [p.name for p in gpu_check.select_notebooks([], ["06", "00"])] == ["00_a.ipynb", "06_b.ipynb"]
+    assert len(gpu_check.select_notebooks([], [])) == 3
+    with pytest.raises(SystemExit, match="no chapter 09"):
+        gpu_check.select_notebooks([], ["09"])
+
+
+def test_write_results_only_for_a_cuda_run(capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--device", "cpu", "--write-results"])
+    assert "--write-results records a GPU run" in capsys.readouterr().err
+
+
+def test_summary_table_has_one_row_per_chapter():
+    rows = {"06_padim": {"tiny_seconds": 41.2, "claims_compared": 6, "claims_outside": 0, "smoke_ok": True,
+                         "seconds_per_step": None, "seconds_per_image": 0.0123},
+            "08_boostlu": {"tiny_seconds": 250.0, "claims_compared": 17, "claims_outside": None,
+                           "smoke_ok": False, "seconds_per_step": 0.5, "seconds_per_image": None}}
+    lines = gpu_check.summary_table(rows).splitlines()
+    assert lines[0].split() == ["chapter", "tiny", "(s)", "claims", "outside", "smoke", "ms/step", "ms/image"]
+    assert lines[1].split() == ["06_padim", "41", "6", "0", "ok", "-", "12.3"]
+    assert lines[2].split() == ["08_boostlu", "250", "17", "failed", "FAILED", "500.0", "-"]
+
+
+def test_step_timer_counts_steps_and_first_layer_images(tmp_path, monkeypatch):
+    import json
+
+    from tools import step_timer
+
+    clock = iter([1.0, 1.5, 2.5, 10.0, 10.2, 10.6])
+    monkeypatch.setattr(step_timer.StepTimer, "_now", staticmethod(lambda: next(clock)))
+    timer = step_timer.StepTimer(tmp_path / "t.json", flush_every=1e9)
+    for _ in range(3):
+        timer.on_step()                                   # intervals 0.5 and 1.0
+    stem, body = torch.nn.Conv2d(3, 4, 3), torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    images = torch.zeros(4, 3, 8, 8)
+    timer.on_forward(body, (images,))                     # not a leaf: not counted
+    timer.on_forward(stem, (torch.zeros(4, 5, 8, 8),))    # not an image batch
+    with torch.enable_grad():
+        timer.on_forward(stem, (images,))                 # training: counted, not timed
+    with torch.no_grad():
+        for _ in range(3):
+            timer.on_forward(stem, (images,))             # 0.2 / 4 and 0.4 / 4 per image
+    timer.flush()
+    assert json.loads((tmp_path / "t.json").read_text()) == {
+        "steps": 3, "seconds_per_step": 0.75, "images": 16, "seconds_per_image": pytest.approx(0.075)}
+
+
+def test_smoke_run_records_time_per_step_and_per_image(tmp_path, monkeypatch):
+    import nbformat
+
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('PROFILE = "tiny"\nSEED = 0\nDEVICE = "auto"\nDATA_DIR = None\nSMOKE = False')
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        f"import sys\nsys.path.insert(0, {str(gpu_check.ROOT)!r})\nimport torch\nfrom utils import config\n"
+        "RUN = config.start_run(PROFILE, SEED, DEVICE, DATA_DIR, SMOKE)\n"
+        "net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(1))\n"
+        "opt = torch.optim.SGD(net.parameters(), lr=0.1)\n"
+        "for _ in range(4):\n    opt.zero_grad(); net(torch.rand(2, 3, 8, 8)).sum().backward(); opt.step()\n"
+        "with torch.no_grad():\n    for _ in range(3):\n        net(torch.rand(5, 3, 8, 8))")
+    nb.cells = [params, body]
+    path = tmp_path / "96_steps.ipynb"
+    nbformat.write(nb, path)
+    result = gpu_check.run_smoke(path, tmp_path / "out", tmp_path, {}, "cpu")
+    assert result["error"] is None, result
+    assert result["steps"] == 4 and result["images"] == 4 * 2 + 3 * 5
+    assert result["seconds_per_step"] > 0 and result["seconds_per_image"] > 0

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.run_notebooks import NOTEBOOKS, papermill_run  # noqa: E402
-from utils.config import CACHE_ENV, DATA_ENV  # noqa: E402
-from utils.results import RESULTS_ENV  # noqa: E402
+from tools.run_notebooks import NOTEBOOKS, papermill_run
+from utils.config import CACHE_ENV, DATA_ENV
+from utils.results import RESULTS_ENV
 
 SMOKE_OUTPUT = ROOT / "_build" / "smoke"
 
@@ -58,7 +58,8 @@ def write_stand_in_data(target: Path, seed: int = 0) -> Path:
     """
     import numpy as np
     from PIL import Image
-    from skimage import data as skdata, transform
+    from skimage import data as skdata
+    from skimage import transform
 
     from utils import data, synthetic
 
@@ -111,12 +112,19 @@ def write_stand_in_weights(torch_home: Path) -> list[str]:
     return written
 
 
-def smoke_one(path: Path, output: Path, data_dir: Path, env: dict[str, str | None], device: str) -> str | None:
+def smoke_one(path: Path, output: Path, data_dir: Path, env: dict[str, str | None], device: str,
+              step_times: Path | None = None) -> str | None:
     """Run one notebook in the smoke setting; return None on success, else a one-line reason
-    naming the cell (its 0-based index in the committed notebook, Markdown cells included)."""
+    naming the cell (its 0-based index in the committed notebook, Markdown cells included).
+    With ``step_times``, the run writes its time per training step and per image there
+    (:mod:`tools.step_timer`)."""
     from papermill.exceptions import PapermillExecutionError
 
+    from tools.step_timer import STEP_TIMES_ENV
+
     parameters = {"PROFILE": "full", "SMOKE": True, "DATA_DIR": str(data_dir), "DEVICE": device}
+    if step_times is not None:
+        env = {**env, STEP_TIMES_ENV: str(step_times)}
     try:
         papermill_run(path, output / path.name, parameters, NOTEBOOKS, env)
     except PapermillExecutionError as err:
@@ -126,6 +134,28 @@ def smoke_one(path: Path, output: Path, data_dir: Path, env: dict[str, str | Non
         return (f"cell {index} (execution count {err.exec_count}"
                 f"{': ' + first_line[0][:60] if first_line else ''}) raised {err.ename}: {err.evalue}")
     return None
+
+
+def prepare_world(tmp: Path) -> tuple[Path, dict[str, str | None]]:
+    """Write the stand-in data and weights under ``tmp``; return the data directory and the
+    environment a smoke run needs (cache, results and ``$TORCH_HOME`` inside ``tmp``)."""
+    env = {CACHE_ENV: str(tmp / "cache"), RESULTS_ENV: str(tmp / "results"),
+           "TORCH_HOME": str(tmp / "torch"), DATA_ENV: None}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: v for k, v in env.items() if v is not None})
+    try:
+        start = time.perf_counter()
+        data_dir = write_stand_in_data(tmp / "data")
+        weights = write_stand_in_weights(tmp / "torch")
+        print(f"smoke: stand-in data and {len(weights)} random weight files in "
+              f"{time.perf_counter() - start:.0f} s ({', '.join(weights)})")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return data_dir, env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,22 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cvbook-smoke-") as tmp:
         tmp = Path(tmp)
-        env = {CACHE_ENV: str(tmp / "cache"), RESULTS_ENV: str(tmp / "results"),
-               "TORCH_HOME": str(tmp / "torch"), DATA_ENV: None}
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update({k: v for k, v in env.items() if v is not None})
-        try:
-            start = time.perf_counter()
-            data_dir = write_stand_in_data(tmp / "data")
-            weights = write_stand_in_weights(tmp / "torch")
-            print(f"smoke: stand-in data and {len(weights)} random weight files in "
-                  f"{time.perf_counter() - start:.0f} s ({', '.join(weights)})")
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        data_dir, env = prepare_world(tmp)
         failures = {}
         for path in paths:
             start = time.perf_counter()

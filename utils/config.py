@@ -296,6 +296,10 @@ def start_run(profile: str = "tiny", seed: int = 0, device: str = "auto",
     if smoke and run.tiny:
         raise ValueError('SMOKE=True cuts the full profile down; use it with PROFILE="full"')
     seed_everything(seed)
+    if os.environ.get("CVBOOK_STEP_TIMES"):  # set by the GPU check's smoke run (tools/step_timer.py)
+        from tools.step_timer import install
+
+        install(os.environ["CVBOOK_STEP_TIMES"])
     use_book_style()
     # tqdm.auto (imported by captum and others) warns once per kernel that ipywidgets is
     # missing and falls back to text bars; the fallback is what we want, the warning is noise.
