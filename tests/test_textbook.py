@@ -65,6 +65,7 @@ def missing_files(text: str, folder: Path = ROOT) -> list[str]:
     ``NN_slug``, ``*``) and generated output (``_build/``, ``results/*.full.json``, the site's
     ``student/`` notebooks) are not files a reader is asked to find in the repository.
     """
+    text = re.sub(r"\[[^\]]*\]\(https?://[^)]*\)", " ", text)  # a file of another repository, linked
     text = re.sub(r"https?://\S+", " ", text)
     missing = []
     for name in FILE_NAME.findall(text):
@@ -186,6 +187,7 @@ def test_prose_names_only_files_in_the_repository(path):
 def test_the_file_name_check_catches_what_it_should():
     assert missing_files("see `papers.md` and utils/not_there.py") == ["papers.md", "utils/not_there.py"]
     assert missing_files("`utils/cam.py`, cam.py, Makefile, https://x.org/a.md, _build/html/index.html") == []
+    assert missing_files("[`codes/networks.py`](https://github.com/a/b/blob/HEAD/codes/networks.py)") == []
     assert missing_files("[setup](../book/setup.md)", ROOT / "notebooks") == []
     assert missing_files("[setup](../book/nowhere.md)", ROOT / "notebooks") == ["../book/nowhere.md"]
     assert OUTSIDE.search("the book's fact sheet") and not OUTSIDE.search("a sheet of facts")
