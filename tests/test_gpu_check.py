@@ -158,3 +158,26 @@ def test_smoke_run_records_time_per_step_and_per_image(tmp_path, monkeypatch):
     assert result["error"] is None, result
     assert result["steps"] == 4 and result["images"] == 4 * 2 + 3 * 5
     assert result["seconds_per_step"] > 0 and result["seconds_per_image"] > 0
+
+
+def test_full_estimates_extrapolate_from_a_recorded_gpu_check(tmp_path):
+    import json
+    import sys
+
+    sys.path.insert(0, str(gpu_check.ROOT / "book" / "_ext"))
+    import runtimes
+
+    missing = runtimes.full_estimates(tmp_path / "none.json")
+    assert all(v.endswith("(an estimate: not yet run)") for v in missing.values())
+    check = {"device": "NVIDIA H200", "date": "2026-12-04", "chapters": {
+        "06_padim": {"seconds_per_step": None, "seconds_per_image": 0.01},
+        "08_boostlu": {"seconds_per_step": None, "seconds_per_image": 0.001}}}
+    path = tmp_path / "gpu-check.json"
+    path.write_text(json.dumps(check))
+    estimates = runtimes.full_estimates(path)
+    images = runtimes.FULL_WORKLOAD["06_padim"]["images"]
+    assert estimates["full_estimate_06_padim"].startswith(
+        f"about {runtimes.format_seconds(images * 0.01)} on one NVIDIA H200 (extrapolated from the GPU check")
+    # BoostLU trains: without a time per step its estimate stays an estimate
+    assert estimates["full_estimate_08_boostlu"].endswith("(an estimate: not yet run)")
+    assert estimates["full_estimate_02_cam"].endswith("(an estimate: not yet run)")

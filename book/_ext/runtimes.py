@@ -7,7 +7,11 @@ so chapter headers, the Setup page and the teaching guide all show the one measu
 
 The full profile has not been run for this book (it needs a GPU and the real datasets), so its
 run times are estimates; they are written once, in :data:`FULL_ESTIMATES`, and shown through
-``{{ full_estimate_<stem> }}`` in the chapter headers and the Setup page.
+``{{ full_estimate_<stem> }}`` in the chapter headers and the Setup page. Once a GPU check has
+been recorded (``results/gpu-check.json``, written by ``python -m tools.gpu_check
+--write-results``), a chapter whose full-profile work is counted in :data:`FULL_WORKLOAD` gets
+an estimate extrapolated from that run's time per training step and per image instead, and
+says so; the others keep their estimate.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import json
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+GPU_CHECK = NOTEBOOKS.parent / "results" / "gpu-check.json"
 
 #: The full profile's expected run time per chapter (estimates: not yet run), one place for all pages.
 FULL_ESTIMATES = {
@@ -28,6 +33,22 @@ FULL_ESTIMATES = {
                 "plus the 5 GB MVTec AD download the first time",
     "07_patch_svdd": "hours per category on one GPU, most of it training",
     "08_boostlu": "most of a day on one GPU (about 26 fine-tunings of ResNet-50 at 448 px)",
+}
+
+
+#: The full profile's work per chapter, counted from its settings and the datasets' sizes:
+#: training steps and images scored without gradients (a training step's images are in its
+#: time). Multiplied by a GPU check's smoke-run medians (time per step, per image).
+FULL_WORKLOAD = {
+    # PaDiM: no training. Images through the backbone: every MVTec AD image (3629 train + 1725
+    # test, the dataset paper's Table 1) for R18-Rd100 and WR50-Rd550, the ablation's five
+    # categories once more (carpet, grid, bottle, hazelnut, screw: 1464 train + 548 test) and
+    # the demonstration category (carpet: 280 + 117).
+    "06_padim": {"steps": 0, "images": 2 * (3629 + 1725) + (1464 + 548) + (280 + 117)},
+    # BoostLU: 26 trainings (8 methods x 3 seeds, random labels, "ignore unobserved") of 10 epochs
+    # of ceil(0.8 x 5717 / 16) = 286 steps (VOC2012 train); per training 10 validations of the
+    # other 1143 train images; 47 passes over the 5823 VOC2012 val images (test mAP and maps).
+    "08_boostlu": {"steps": 26 * 10 * 286, "images": 26 * 10 * 1143 + 47 * 5823},
 }
 
 
@@ -48,9 +69,28 @@ def measured_runtimes(folder: Path = NOTEBOOKS) -> dict[str, str]:
     return out
 
 
-def full_estimates() -> dict[str, str]:
-    """``full_estimate_<stem>`` -> the full profile's estimated run time, with the word that it is one."""
-    return {f"full_estimate_{stem}": f"{text} (an estimate: not yet run)" for stem, text in FULL_ESTIMATES.items()}
+def extrapolated(check: dict) -> dict[str, str]:
+    """``stem`` -> the full profile's run time extrapolated from a GPU check's smoke timings, for
+    every chapter of :data:`FULL_WORKLOAD` whose smoke run measured what its work needs."""
+    out = {}
+    for stem, work in FULL_WORKLOAD.items():
+        row = check.get("chapters", {}).get(stem, {})
+        per_step, per_image = row.get("seconds_per_step"), row.get("seconds_per_image")
+        if (work["steps"] and per_step is None) or (work["images"] and per_image is None):
+            continue
+        seconds = work["steps"] * (per_step or 0.0) + work["images"] * (per_image or 0.0)
+        out[stem] = (f"about {format_seconds(seconds)} on one {check['device']} (extrapolated from "
+                     f"the GPU check of {check['date']}: time per training step and per image of "
+                     "its smoke run, times the full profile's steps and images)")
+    return out
+
+
+def full_estimates(check_path: Path = GPU_CHECK) -> dict[str, str]:
+    """``full_estimate_<stem>`` -> the full profile's run time: extrapolated from a recorded GPU
+    check where possible (:func:`extrapolated`), else the estimate, with the word that it is one."""
+    measured = extrapolated(json.loads(check_path.read_text())) if check_path.exists() else {}
+    return {f"full_estimate_{stem}": measured.get(stem, f"{text} (an estimate: not yet run)")
+            for stem, text in FULL_ESTIMATES.items()}
 
 
 def _add_substitutions(app, config) -> None:
