@@ -2,8 +2,6 @@
 error that names the problem, or the right result. Every test here failed on the earlier code,
 which crashed obscurely (AttributeError, ZeroDivisionError), blamed the wrong cause, or
 returned silent garbage (mixed batch-norm statistics, all-zero gradients, a loss of 30.5)."""
-import math
-
 import matplotlib
 import numpy as np
 import pytest
@@ -112,9 +110,8 @@ def test_batch_norm_without_running_statistics_is_refused():
 
 
 def test_evaluation_mode_needs_a_module():
-    with pytest.raises(TypeError, match="nn.Module"):
-        with cam.evaluation_mode(lambda x: x):
-            pass
+    with pytest.raises(TypeError, match="nn.Module"), cam.evaluation_mode(lambda x: x):
+        pass
 
 
 # --- models that return a tuple or a dict --------------------------------------------------------
@@ -237,3 +234,167 @@ def test_bad_images_are_named(method, bad, error, match):
             cam.layer_grad_cam(model, bad, "feat", 0)
         else:
             saliency.guided_backprop(model, bad, 0)
+
+
+# --- multilabel: labels must be 0/1, logits finite -----------------------------------------------
+
+def single_positive_batch():
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    return torch.randn(2, 4, generator=torch.Generator().manual_seed(0)), labels, labels.bool()
+
+
+@pytest.mark.parametrize("scale, shift, example", [(255, 0, "255.0"), (2, -1, "-1.0")], ids=["0-255", "-1/1"])
+def test_labels_other_than_zero_one_are_refused(scale, shift, example):
+    logits, labels, observed = single_positive_batch()
+    bad = labels * scale + shift
+    with pytest.raises(ValueError, match=f"labels must be 0 or 1.*e.g. {example}"):
+        multilabel.assume_negative_bce(logits, bad)
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        multilabel.large_loss_bce(logits, bad, observed, 2, "LL-R")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_logits_are_refused(value):
+    logits, labels, observed = single_positive_batch()
+    logits[1, 3] = value
+    with pytest.raises(ValueError, match="logits contain 1 NaN or infinite"):
+        multilabel.assume_negative_bce(logits, labels)
+    for mode in multilabel.LL_MODES:  # a NaN loss would have switched the selection off
+        with pytest.raises(ValueError, match="logits contain 1 NaN or infinite"):
+            multilabel.large_loss_bce(logits, labels, observed, 2, mode)
+
+
+def test_large_loss_selection_is_unchanged_by_the_checks():
+    logits, labels, observed = single_positive_batch()
+    out = multilabel.large_loss_bce(logits, labels, observed, 2, "LL-R")
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    top2 = losses.masked_fill(observed, -1).flatten().topk(2).indices
+    assert sorted(out.selected.flatten().nonzero().flatten().tolist()) == sorted(top2.tolist())
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: multilabel.assume_negative_bce(torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 3)),
+     TypeError, "logits must be a float tensor, got torch.int64"),
+    (lambda: multilabel.large_loss_bce(torch.zeros(1, 3), torch.tensor([[1.0, 0, 0]]), [[True, False, False]],
+                                       1, "LL-R"), ValueError, "observed must be a bool tensor"),
+    (lambda: multilabel.large_loss_bce(torch.zeros(1, 3), torch.tensor([[1.0, 0, 0]]),
+                                       torch.tensor([[True, False, False]]), 1.0, "LL-R"),
+     ValueError, "k must be an integer >= 0, got 1.0"),
+    (lambda: multilabel.large_loss_k(8.5, 5, 2, 0.005, "LL-R"), TypeError, "must be integers, got 8.5"),
+    (lambda: multilabel.large_loss_k(8, 5, 2, "0.1", "LL-R"), ValueError, "delta_rel must be a number"),
+    (lambda: multilabel.single_positive_labels(torch.ones(2, 2), 1.7), TypeError, "seed must be an int, got 1.7"),
+])
+def test_multilabel_argument_types(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int64, np.complex64])
+def test_image_dtype_is_named_not_normalisation(dtype):
+    with pytest.raises(TypeError, match=f"image dtype {np.dtype(dtype).name} is not shown"):
+        viz.to_numpy_image(np.full((4, 4), 3, dtype=dtype))
+
+
+def test_bool_image_is_shown_as_black_and_white():
+    image = np.eye(3, dtype=bool)
+    assert np.array_equal(viz.to_numpy_image(image), np.repeat(np.eye(3)[..., None], 3, axis=2))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: viz.to_numpy_image(np.zeros((0, 5))), "image is empty"),
+    (lambda: viz.overlay(np.zeros((0, 0)), np.zeros((0, 0))), "image is empty"),
+    (lambda: viz.show_grid([np.zeros((4, 4))], ncols=0), "ncols must be a positive int, got 0"),
+    (lambda: viz.show_grid([np.zeros((4, 4))], ncols=-1), "ncols must be a positive int, got -1"),
+    (lambda: viz.show_grid([np.zeros((4, 4))], ncols=2.5), "ncols must be a positive int, got 2.5"),
+    (lambda: viz.show_grid([np.zeros((4, 4))], size=0), "size .* positive and finite, got 0"),
+    (lambda: viz.show_grid([np.zeros((4, 4))], size=float("nan")), "positive and finite, got nan"),
+    (lambda: viz.show_grid([np.full((4, 4), np.nan)], cmap="magma"), "heatmap 0 .* NaN"),
+    (lambda: viz.draw_box(None, (1, 2, 3)), "box must be 4 finite numbers"),
+    (lambda: viz.draw_box(None, (1, 2, 3, float("nan"))), "box must be 4 finite numbers"),
+    (lambda: viz.markdown_table(["a"], [[1.0]], digits=-1), "digits must be an int >= 0, got -1"),
+    (lambda: viz.markdown_table(["a", "b"], ["ab"]), "not a string"),
+])
+def test_figure_helpers_name_the_bad_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_show_grid_takes_any_iterable_of_images():
+    fig = viz.show_grid(np.zeros((k, 4, 4)) for k in (1, 3))
+    assert len([ax for ax in fig.axes if ax.images]) == 2
+    matplotlib.pyplot.close(fig)
+
+
+# --- CAM helpers, metrics, cost, hooks, images ---------------------------------------------------
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: cam.upsample_maps(torch.zeros(1, 1, 2, 2), (float("nan"), 3)), ValueError, "size must be"),
+    (lambda: cam.upsample_maps(torch.zeros(1, 1, 2, 2), 3.5), ValueError, "size must be .* got 3.5"),
+    (lambda: cam.upsample_maps(torch.zeros(1, 1, 2, 2, dtype=torch.long), 4), TypeError, "float tensor.*int64"),
+    (lambda: cam.cam_to_boxes(np.ones((3, 3)), "0.2"), ValueError, "rel_threshold must be a number"),
+    (lambda: cam.boostlu(torch.ones(2), "5"), ValueError, "alpha must be a number >= 1.*'5'"),
+    (lambda: cam.grad_cam(torch.zeros(0, 2, 2, 2), torch.zeros(0, 2, 2, 2)), ValueError, "empty batch"),
+    (lambda: cam.grad_cam(torch.zeros(1, 2, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, 2, dtype=torch.long)),
+     TypeError, "float tensors"),
+    (lambda: cam.grad_cam(torch.zeros(1, 2, 2, 2), torch.full((1, 2, 2, 2), float("nan"))),
+     ValueError, "gradients contains NaN"),
+])
+def test_cam_helpers_name_the_bad_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_upsample_accepts_numpy_integer_sizes():
+    out = cam.upsample_maps(torch.zeros(1, 1, 2, 2), (np.int64(4), np.int32(6)))
+    assert out.shape == (1, 1, 4, 6)
+
+
+def test_pointing_game_nan_tolerance_is_an_error_not_all_misses():
+    from utils import metrics
+
+    with pytest.raises(ValueError, match="tolerance_px must be finite"):
+        metrics.pointing_game(np.zeros((1, 5, 5)), [(0, 0, 1, 1)], tolerance_px=float("nan"))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    ("conv_output_size(8, 3, padding=1.5)", ValueError, "padding must be an int >= 0, got 1.5"),
+    ("conv_output_size(8, 3, padding=float('nan'))", ValueError, "padding must be an int"),
+    ("conv2d_madds(3, 3, 3, (4, 4))", ValueError, "kernel must be a pair"),
+    ("conv2d_madds(3, 3, (3,), (4, 4))", ValueError, "kernel must be a pair"),
+    ("conv2d_madds(3, 3, (3, 3), 4)", ValueError, "out_size must be a pair"),
+    ("count(nn.Linear(3, 2), torch.zeros(0, 3))", ValueError, "at least one input"),
+    ("count(lambda x: x, torch.zeros(2, 3))", TypeError, "nn.Module, got function"),
+    ("latency(lambda: None, threads=0)", ValueError, "threads must be a positive int"),
+    ("latency(3)", TypeError, "fn must be a callable"),
+    ("peak_memory(3)", TypeError, "fn must be a callable"),
+])
+def test_cost_helpers_name_the_bad_argument(call, error, match):
+    from utils import cost
+
+    with pytest.raises(error, match=match):
+        eval(f"cost.{call}", {"cost": cost, "nn": nn, "torch": torch})
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda h: h.record(lambda x: x, ["a"]).__enter__(), "nn.Module, got function"),
+    (lambda h: h.record(nn.Linear(2, 2), [None]).__enter__(), "strings.*got None"),
+    (lambda h: h.find_module(nn.Linear(2, 2), 3), "strings.*got 3"),
+    (lambda h: h.count_hooks(3), "nn.Module, got int"),
+])
+def test_hooks_name_the_bad_argument(call, match):
+    from utils import hooks
+
+    with pytest.raises(TypeError, match=match):
+        call(hooks)
+
+
+@pytest.mark.parametrize("images, match", [
+    ([np.zeros((2, 2)), np.zeros((3, 3))], "same shape"),
+    (np.full((2, 2), np.nan), "floats in \\[0, 1\\].*nan"),
+    (np.zeros((0, 0), np.float32), "images are empty"),
+])
+def test_rgb_batch_names_the_problem(images, match):
+    with pytest.raises(ValueError, match=match):
+        saliency.rgb_batch(images)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -82,9 +83,15 @@ def upsample_maps(maps: torch.Tensor, size: int | tuple[int, int], mode: str = "
         raise ValueError(f"unknown upsampling mode {mode!r}; choose one of {', '.join(UPSAMPLE_MODES)}")
     if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
         raise ValueError(f"maps must be a (B, K, h, w) tensor, got {getattr(maps, 'shape', type(maps))}")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size must be a positive int or (H, W), got {size}")
+    if not maps.is_floating_point():
+        raise TypeError(f"maps must be a float tensor to be interpolated, got {maps.dtype}")
+    if isinstance(size, Integral):
+        size = (size, size)
+    elif isinstance(size, (tuple, list)):  # torch.Size is a tuple
+        size = tuple(size)
+    if (not isinstance(size, tuple) or len(size) != 2 or not all(isinstance(s, Integral) for s in size)
+            or min(size) < 1):
+        raise ValueError(f"size must be a positive int or (H, W) of ints, got {size!r}")
     kwargs = {} if mode == "nearest" else {"align_corners": False}
     return F.interpolate(maps, size=size, mode=mode, **kwargs)
 
@@ -141,8 +148,8 @@ def cam_to_boxes(cam: torch.Tensor | np.ndarray, rel_threshold: float = 0.2) -> 
         raise ValueError(f"cam is empty: shape {cam.shape}")
     if not np.isfinite(cam).all():
         raise ValueError("cam contains NaN or infinite values")
-    if not 0.0 <= rel_threshold <= 1.0:
-        raise ValueError(f"rel_threshold must be in [0, 1], got {rel_threshold}")
+    if not isinstance(rel_threshold, Real) or not 0.0 <= rel_threshold <= 1.0:
+        raise ValueError(f"rel_threshold must be a number in [0, 1], got {rel_threshold!r}")
     if cam.ndim == 2:
         return _box_of_one_map(cam, rel_threshold)
     return np.array([_box_of_one_map(m, rel_threshold) for m in cam], dtype=np.int64).reshape(-1, 4)
@@ -159,8 +166,8 @@ def boostlu(x: torch.Tensor, alpha: float = 5.0) -> torch.Tensor:
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
-    if not alpha >= 1:
-        raise ValueError(f"alpha must be >= 1 (BoostLU amplifies positive evidence), got {alpha}")
+    if not isinstance(alpha, Real) or not alpha >= 1:
+        raise ValueError(f"alpha must be a number >= 1 (BoostLU amplifies positive evidence), got {alpha!r}")
     return torch.where(x > 0, x * alpha, x)
 
 
@@ -185,6 +192,11 @@ def grad_cam(features: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     if features.ndim != 4 or gradients.shape != features.shape:
         raise ValueError(f"features and gradients must both be (B, C, H, W), got "
                          f"{tuple(features.shape)} and {tuple(gradients.shape)}")
+    if len(features) == 0:
+        raise ValueError("grad_cam needs at least one image, got an empty batch")
+    if not features.is_floating_point() or not gradients.is_floating_point():
+        raise TypeError(f"features and gradients must be float tensors, got {features.dtype} and {gradients.dtype}")
+    _check_finite("gradients", gradients)
     alpha = gradients.mean(dim=(2, 3))  # (B, C)
     maps = [class_activation_maps(f[None], a[None])[0, 0] for f, a in zip(features, alpha)]
     return torch.relu(torch.stack(maps))

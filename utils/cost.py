@@ -41,8 +41,8 @@ def _positive(**values: int) -> None:
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
     """Output length of a convolution along one axis: ``floor((size + 2p - d(k-1) - 1) / s) + 1``."""
     _positive(size=size, kernel=kernel, stride=stride, dilation=dilation)
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
+    if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
+        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
     out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     if out <= 0:
         raise ValueError(f"kernel {kernel} (dilation {dilation}) does not fit an input of {size} with padding {padding}")
@@ -81,6 +81,9 @@ def conv2d_madds(in_channels: int, out_channels: int, kernel: tuple[int, int],
     ``groups = in_channels = out_channels`` is a depthwise convolution, ``kernel = (1, 1)``
     a pointwise one; stride, padding and dilation enter only through ``out_size``.
     """
+    for name, pair in (("kernel", kernel), ("out_size", out_size)):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"{name} must be a pair (height, width), got {pair!r}")
     _positive(in_channels=in_channels, out_channels=out_channels, groups=groups,
               k_h=kernel[0], k_w=kernel[1], h_out=out_size[0], w_out=out_size[1])
     if in_channels % groups or out_channels % groups:
@@ -309,8 +312,12 @@ def count(model: nn.Module, x: torch.Tensor, strict: bool = True) -> CostReport:
     module's ``forward`` (``F.conv2d``, ``x @ w``) is not seen by hooks: compare with
     ``FlopCounterMode`` when in doubt. Hooks are removed even when the forward pass raises.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError("x must be a batched input tensor (B, ...)")
+    if len(x) == 0:
+        raise ValueError(f"x must hold at least one input (costs are per image), got shape {tuple(x.shape)}")
     report = CostReport()
     handles = []
 
@@ -354,6 +361,10 @@ def latency(fn: Callable[[], object], repeats: int = 10, warmup: int = 2, thread
     ``None`` leaves them alone). On a CUDA ``device`` the GPU is synchronised around each call.
     """
     _positive(repeats=repeats)
+    if threads is not None:
+        _positive(threads=threads)
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     cuda = torch.device(device).type == "cuda"
@@ -398,6 +409,9 @@ def peak_memory(fn: Callable[[], object]) -> int:
     under ``torch.no_grad()`` to measure inference.
     """
     from torch.profiler import ProfilerActivity, profile
+
+    if not callable(fn):
+        raise TypeError(f"fn must be a callable taking no arguments, got {type(fn).__name__}")
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()

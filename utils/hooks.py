@@ -30,6 +30,10 @@ class Recording:
 def find_module(model: nn.Module, name: str) -> nn.Module:
     """The sub-module called ``name`` (as in ``model.named_modules()``); an unknown name raises
     ``KeyError`` listing the closest names and the top-level modules."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"module names are strings (as in model.named_modules()), got {name!r}")
     modules = dict(model.named_modules())
     if name not in modules:
         close = difflib.get_close_matches(name, [n for n in modules if n], n=6, cutoff=0.5)
@@ -96,5 +100,7 @@ def record(model: nn.Module, names: Sequence[str], gradients: bool = False,
 
 def count_hooks(model: nn.Module) -> int:
     """Number of forward, forward-pre and backward hooks still registered anywhere in ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                for m in model.modules())

@@ -94,8 +94,8 @@ def pointing_game(maps: np.ndarray, boxes: np.ndarray, tolerance_px: float = 0.0
     if m.size == 0:
         raise ValueError(f"pointing_game needs at least one map with at least one pixel, got maps of "
                          f"shape {m.shape}")
-    if tolerance_px < 0:
-        raise ValueError(f"tolerance_px must be >= 0, got {tolerance_px}")
+    if not 0 <= tolerance_px < float("inf"):
+        raise ValueError(f"tolerance_px must be finite and >= 0, got {tolerance_px}")
     if ((b[:, 2] - b[:, 0]) < 1).any() or ((b[:, 3] - b[:, 1]) < 1).any():
         raise ValueError("every box must cover at least one pixel (xmax - xmin >= 1, ymax - ymin >= 1)")
     flat = m.reshape(len(m), -1).argmax(axis=1)

@@ -64,6 +64,8 @@ def single_positive_labels(targets: torch.Tensor, seed: int) -> torch.Tensor:
     if len(empty):
         raise ValueError(f"{len(empty)} rows have no positive label (first: row {int(empty[0])}); "
                          "a single-positive label needs at least one")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {seed!r}")
     generator = torch.Generator().manual_seed(int(seed))
     # A uniform random key per positive; the largest key of each row is the kept label.
     keys = torch.rand(positive.shape, generator=generator).masked_fill(~positive, -1.0)
@@ -78,15 +80,34 @@ def _check_pair(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if logits.ndim != 2 or logits.shape != labels.shape:
         raise ValueError(f"logits and labels must both be (B, C), got {tuple(logits.shape)} "
                          f"and {tuple(labels.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a float tensor, got {logits.dtype}")
+
+
+def _check_values(logits: torch.Tensor, labels: torch.Tensor, *counted: torch.Tensor) -> list[int]:
+    """Raise on labels outside {0, 1} or non-finite logits; return ``int(t.sum())`` of each of
+    ``counted``. All in one host-device transfer (the losses run inside training steps)."""
+    counts = torch.stack([((labels != 0) & (labels != 1)).sum(), (~torch.isfinite(logits)).sum(),
+                          *(t.sum() for t in counted)]).tolist()
+    bad_labels, bad_logits, *rest = counts
+    if bad_labels:
+        example = labels[(labels != 0) & (labels != 1)].flatten()[0].item()
+        raise ValueError(f"labels must be 0 or 1, found {bad_labels} other values (e.g. {example}); "
+                         "map 0/255 or -1/1 labels to 0/1 first")
+    if bad_logits:
+        raise ValueError(f"logits contain {bad_logits} NaN or infinite values (a diverged model?)")
+    return rest
 
 
 def assume_negative_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Assume-negative loss: binary cross-entropy against ``labels``, unobserved entries as 0.
 
     ``logits``, ``labels``: (B, C); ``labels`` in {0, 1} (1 = observed positive). Returns the
-    mean over all B * C entries (a scalar with gradients).
+    mean over all B * C entries (a scalar with gradients). Labels other than 0/1 and NaN or
+    infinite logits raise ``ValueError`` (one host-device sync per call).
     """
     _check_pair(logits, labels)
+    _check_values(logits, labels)
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
@@ -99,10 +120,13 @@ def large_loss_k(batch_size: int, n_classes: int, epoch: int, delta_rel: float, 
     """
     if mode not in LL_MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(LL_MODES)}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (batch_size, n_classes, epoch)):
+        raise TypeError(f"batch_size, n_classes and epoch must be integers, got {batch_size!r}, {n_classes!r}, "
+                        f"{epoch!r}")
     if batch_size < 1 or n_classes < 1 or epoch < 1:
         raise ValueError(f"batch_size, n_classes and epoch must be >= 1, got {batch_size}, {n_classes}, {epoch}")
-    if not 0 <= delta_rel <= 1:
-        raise ValueError(f"delta_rel must be in [0, 1], got {delta_rel}")
+    if not isinstance(delta_rel, (int, float)) or isinstance(delta_rel, bool) or not 0 <= delta_rel <= 1:
+        raise ValueError(f"delta_rel must be a number in [0, 1], got {delta_rel!r}")
     if epoch == 1:
         return 0
     steps = 1 if mode == "LL-Cp" else epoch - 1
@@ -127,19 +151,22 @@ def large_loss_bce(logits: torch.Tensor, labels: torch.Tensor, observed: torch.T
     ranked (without gradients); every unobserved entry whose loss is ``>=`` the ``k``-th
     largest is selected (ties at the threshold are all selected; ``k`` larger than the number
     of unobserved entries selects them all). Returns the mean over all B * C entries and the
-    selection (see the module docstring for what each mode does with it).
+    selection (see the module docstring for what each mode does with it). Labels other than
+    0/1 and NaN or infinite logits raise ``ValueError`` (a NaN loss would rank above every
+    threshold and switch the selection off); the checks share the one host-device sync the
+    selection needs anyway.
     """
     _check_pair(logits, labels)
     if mode not in LL_MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(LL_MODES)}")
-    if observed.shape != logits.shape or observed.dtype != torch.bool:
+    if not isinstance(observed, torch.Tensor) or observed.shape != logits.shape or observed.dtype != torch.bool:
         raise ValueError(f"observed must be a bool tensor of shape {tuple(logits.shape)}")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"k must be an integer >= 0, got {k!r}")
+    unobserved = ~observed
+    (n_unobserved,) = _check_values(logits, labels, unobserved)
     labels = labels.to(logits.dtype)
     losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    unobserved = ~observed
-    n_unobserved = int(unobserved.sum())
     if k == 0 or n_unobserved == 0:
         selected = torch.zeros_like(observed)
     else:

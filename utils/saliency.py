@@ -130,6 +130,8 @@ def rgb_batch(images: np.ndarray | list) -> torch.Tensor:
     channel counts raise ``ValueError``: an alpha channel has no meaning to an ImageNet model,
     so composite it first (e.g. ``PIL.Image.open(p).convert("RGB")``).
     """
+    if isinstance(images, (list, tuple)) and len({np.shape(image) for image in images}) > 1:
+        raise ValueError(f"images must all have the same shape, got {sorted({np.shape(i) for i in images})}")
     arr = np.asarray(images)
     if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4)):  # one image
         arr = arr[None]
@@ -138,9 +140,11 @@ def rgb_batch(images: np.ndarray | list) -> torch.Tensor:
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
         raise ValueError(f"expected (H, W), (H, W, 3) or a batch of them; got shape {np.shape(images)} "
                          "(RGBA: convert to RGB first, e.g. PIL .convert('RGB'))")
+    if arr.size == 0:
+        raise ValueError(f"images are empty: shape {np.shape(images)}")
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
-    elif not np.issubdtype(arr.dtype, np.floating) or arr.min() < 0 or arr.max() > 1:
+    elif not np.issubdtype(arr.dtype, np.floating) or not (0 <= arr.min() and arr.max() <= 1):
         raise ValueError(f"expected uint8 images or floats in [0, 1], got {arr.dtype} "
                          f"in [{arr.min()}, {arr.max()}]")
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(0, 3, 1, 2)

@@ -22,9 +22,10 @@ DPI = 100
 def to_numpy_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """An RGB or grey image as an (H, W, 3) float array in [0, 1].
 
-    Accepts (H, W), (H, W, 3), (3, H, W) / (1, H, W) tensors or arrays, floats in [0, 1] or
-    uint8. Raises on other shapes and on float values outside [0, 1] (e.g. a normalised
-    image, which would display with wrong colours: un-normalise it first).
+    Accepts (H, W), (H, W, 3), (3, H, W) / (1, H, W) tensors or arrays, floats in [0, 1],
+    uint8 or bool. Raises on other shapes, on empty images, on other dtypes (uint16, int64:
+    scale them yourself, e.g. ``image / 65535``) and on float values outside [0, 1] (e.g. a
+    normalised image, which would display with wrong colours: un-normalise it first).
     """
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
@@ -35,12 +36,17 @@ def to_numpy_image(image: np.ndarray | torch.Tensor) -> np.ndarray:
         array = np.stack([array] * 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] != 3:
         raise ValueError(f"expected an image of shape (H, W), (H, W, 3) or (3, H, W), got {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"image is empty: shape {array.shape}")
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
+    if array.dtype != bool and not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"image dtype {array.dtype} is not shown: pass uint8 (0..255), bool or floats in "
+                        "[0, 1] (scale other integer images yourself, e.g. a 16-bit one by / 65535)")
     array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise ValueError(f"image has {int((~np.isfinite(array)).sum())} NaN or infinite values")
-    if array.size and (array.min() < -1e-3 or array.max() > 1 + 1e-3):
+    if (array.min() < -1e-3 or array.max() > 1 + 1e-3):
         raise ValueError(f"float image values must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}]; "
                          "is it still normalised?")
     return np.clip(array, 0.0, 1.0)
@@ -76,8 +82,13 @@ def show_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int 
     :data:`COLUMN_INCHES` wide. Images may be anything :func:`to_numpy_image` accepts; with ``cmap`` given, 2-D arrays
     are drawn as heatmaps with that colormap instead.
     """
+    images = list(images)
     if len(images) == 0:
         raise ValueError("show_grid needs at least one image")
+    if not isinstance(ncols, (int, np.integer)) or isinstance(ncols, bool) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    if not 0 < size < float("inf"):
+        raise ValueError(f"size (inches per panel) must be positive and finite, got {size}")
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"{len(titles)} titles for {len(images)} images")
     nrows = -(-len(images) // ncols)
@@ -90,7 +101,7 @@ def show_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int 
         ax.axis("off")
     for i, (ax, image) in enumerate(zip(axes.flat, images)):
         if cmap is not None and np.ndim(image) == 2:
-            ax.imshow(np.asarray(image), cmap=cmap)
+            ax.imshow(_heatmap(image, i), cmap=cmap)
         else:
             ax.imshow(to_numpy_image(image))
         if titles is not None:
@@ -100,9 +111,19 @@ def show_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int 
     return fig
 
 
+def _heatmap(image: np.ndarray | torch.Tensor, index: int) -> np.ndarray:
+    heat = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if heat.size == 0 or not np.isfinite(heat).all():
+        raise ValueError(f"heatmap {index} is empty or has NaN or infinite values (it would be drawn blank)")
+    return heat
+
+
 def draw_box(ax: plt.Axes, box: Sequence[float], color: str = "lime", label: str | None = None) -> None:
     """Draw an (xmin, ymin, xmax, ymax) pixel box on ``ax``."""
-    xmin, ymin, xmax, ymax = box
+    values = np.asarray(box.detach().cpu() if isinstance(box, torch.Tensor) else box, dtype=np.float64)
+    if values.shape != (4,) or not np.isfinite(values).all():
+        raise ValueError(f"box must be 4 finite numbers (xmin, ymin, xmax, ymax), got {box!r}")
+    xmin, ymin, xmax, ymax = values.tolist()
     ax.add_patch(plt.Rectangle((xmin, ymin), xmax - xmin, ymax - ymin, fill=False, edgecolor=color, linewidth=2))
     if label:
         ax.text(xmin, ymin, label, color="black", fontsize=8, va="bottom",
@@ -132,6 +153,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], digi
             return f"{value:.{digits}f}"
         return str(value).replace("|", "\\|").replace("\n", " ")
 
+    if not isinstance(digits, (int, np.integer)) or isinstance(digits, bool) or digits < 0:
+        raise ValueError(f"digits must be an int >= 0, got {digits!r}")
+    if any(isinstance(row, str) for row in rows):
+        raise ValueError("each row must be a sequence of cells, not a string")
     if any(len(row) != len(header) for row in rows):
         raise ValueError(f"every row needs {len(header)} cells (one per header column)")
     lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]

@@ -1,0 +1,139 @@
+"""Mutation testing of the shared package with mutmut (outside ``make test``: it is slow).
+
+    python -m tools.mutation cam saliency        # one or more modules of utils/
+    python -m tools.mutation --report            # only rewrite results/mutation.md
+
+For each module, a copy of ``utils/``, ``tests/``, ``tools/`` and ``pytest.ini`` is made in
+``_build/mutation/<module>/`` with a ``setup.cfg`` that tells mutmut to mutate only
+``utils/<module>.py`` and to run only the test files that exercise it (:data:`TESTS`), so each
+mutant costs a few seconds. mutmut runs there with one child process (``--max-children``,
+default 1: the CPU is shared). Its counts (``mutmut export-cicd-stats``), the commit of the
+working tree, whether the module had uncommitted changes and the wall time go to
+``results/mutation.json``; ``results/mutation.md`` is written from that file, with the
+surviving mutants listed. The copy is kept between runs, so mutmut re-tests only mutants of
+functions whose code changed (delete the folder for a clean run).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "_build" / "mutation"
+RESULTS_JSON = ROOT / "results" / "mutation.json"
+RESULTS_MD = ROOT / "results" / "mutation.md"
+
+#: The test files run against each module's mutants (files that do not exist are left out).
+TESTS = {
+    "cam": ["test_cam.py", "test_gradcam.py", "test_boostlu.py", "test_camloss.py", "test_bad_inputs.py",
+            "test_mutants_cam.py"],
+    "saliency": ["test_saliency.py", "test_bad_inputs.py", "test_mutants_saliency.py"],
+    "padim": ["test_anomaly.py", "test_errors.py", "test_hardening.py", "test_padim_memory.py",
+              "test_mutants_padim.py"],
+    "anomaly": ["test_anomaly.py", "test_errors.py", "test_hardening.py", "test_metrics_anomaly.py",
+                "test_mutants_anomaly.py"],
+    "registry": ["test_registry.py", "test_registry_faults.py", "test_mutants_registry.py"],
+}
+COPIED = ("utils", "tests", "tools", "pytest.ini")
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def prepare(module: str) -> tuple[Path, list[str]]:
+    """Fresh copy of the sources and tests in ``_build/mutation/<module>`` (mutmut's own
+    ``mutants/`` folder there is kept) and its ``setup.cfg``; returns the folder and tests."""
+    if module not in TESTS:
+        raise SystemExit(f"unknown module {module!r}; choose from {', '.join(TESTS)}")
+    work = WORK / module
+    work.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "benchmarks")
+    for name in COPIED:
+        source, target = ROOT / name, work / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=ignore)
+        else:
+            shutil.copy2(source, target)
+    tests = [f"tests/{name}" for name in TESTS[module] if (ROOT / "tests" / name).exists()]
+    lines = ["[mutmut]", "source_paths = utils/", f"only_mutate = utils/{module}.py",
+             "also_copy =", *(f"    {name}" for name in COPIED),
+             "pytest_add_cli_args = -p no:cacheprovider -x -q",
+             "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests),
+             "use_git_change_detection = false", ""]
+    (work / "setup.cfg").write_text("\n".join(lines))
+    return work, tests
+
+
+def _survivors(work: Path, mutmut: Path) -> list[str]:
+    out = subprocess.run([str(mutmut), "results"], cwd=work, capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def run(module: str, max_children: int) -> dict:
+    """Run mutmut for ``utils/<module>.py``; return its counts, score and wall time."""
+    work, tests = prepare(module)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    start = time.monotonic()
+    subprocess.run([str(mutmut), "run", "--max-children", str(max_children)], cwd=work, check=True)
+    seconds = time.monotonic() - start
+    subprocess.run([str(mutmut), "export-cicd-stats"], cwd=work, check=True, capture_output=True)
+    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+    tested = stats["killed"] + stats["survived"] + stats["timeout"] + stats["suspicious"]
+    return {
+        **stats,
+        "score_percent": round(100 * (stats["killed"] + stats["timeout"]) / tested, 1) if tested else None,
+        "wall_seconds": round(seconds),
+        "max_children": max_children,
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": bool(_git("status", "--porcelain", "--", f"utils/{module}.py")),
+        "tests": tests,
+        "not_killed": [s for s in _survivors(work, mutmut) if not s.endswith(": killed")],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def write_report(results: dict[str, dict]) -> None:
+    """``results/mutation.md`` from the per-module results."""
+    intro = ("Written by `python -m tools.mutation` (mutmut 3.8.1) from `results/mutation.json`. "
+             "Score = (killed + timeout) / (killed + survived + timeout + suspicious); mutants with "
+             "no covering test count as not tested and are listed below.")
+    lines = ["# Mutation score of the shared package", "", intro, "",
+             "| module | mutants | killed | survived | timeout | no tests | score | wall time | commit | date |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for module, r in sorted(results.items()):
+        commit = r["commit"] + (" + uncommitted edits" if r["uncommitted_changes"] else "")
+        lines.append(f"| {module} | {r['total']} | {r['killed']} | {r['survived']} | {r['timeout']} | "
+                     f"{r['no_tests']} | {r['score_percent']} % | {r['wall_seconds']} s | {commit} | "
+                     f"{r['date']} |")
+    for module, r in sorted(results.items()):
+        lines += ["", f"## {module}", "", "Tests: " + ", ".join(f"`{t}`" for t in r["tests"]), ""]
+        lines += [f"- `{s}`" for s in r["not_killed"]] or ["Every mutant was killed."]
+    RESULTS_MD.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"modules of utils/ ({', '.join(TESTS)})")
+    parser.add_argument("--max-children", type=int, default=1)
+    parser.add_argument("--report", action="store_true", help="only rewrite results/mutation.md")
+    args = parser.parse_args(argv)
+    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+    for module in [] if args.report else args.modules:
+        results[module] = run(module, args.max_children)
+        RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        r = results[module]
+        print(f"{module}: {r['killed']}/{r['total']} killed, {r['survived']} survived, "
+              f"{r['timeout']} timeouts, score {r['score_percent']} %, {r['wall_seconds']} s")
+    write_report(results)
+
+
+if __name__ == "__main__":
+    main()
