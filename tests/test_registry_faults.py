@@ -179,9 +179,11 @@ def test_every_url_failing_lists_each_failure(server):
     wrong = server.serve("/wrong/file.bin", bytes(len(PAYLOAD)))
     _register(server, status=404, mirrors=(wrong,))
     with pytest.raises(registry.MissingDataError, match=r"none of its 2 URLs delivered file\.bin: \(1\) .*404.*"
-                                                        r"\(2\) .*file\.bin has sha256"):
+                                                        r"\(2\) .*file\.bin has sha256") as raised:
         registry.fetch("test-file")
     assert _leftovers() == []
+    message = str(raised.value)  # one short line per URL; the name and the advice said once
+    assert message.count("download it from") == 1 and message.count("test-file:") == 1, message
 
 
 def test_broken_transfer_is_resumed_from_the_next_mirror(server):

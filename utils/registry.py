@@ -491,7 +491,12 @@ def _all_failed(entry: RemoteFile, failures: list[Exception], how: str) -> Excep
     (a :class:`ChecksumError` when every URL served wrong bytes)."""
     if len(failures) == 1:
         return failures[0]
-    listed = "; ".join(f"({i}) {err}" for i, err in enumerate(failures, 1))
+    def short(err: Exception) -> str:  # each failure without the name and the advice repeated
+        text = str(err).removeprefix(f"{entry.name}: ")
+        return text.replace(f", run again to resume or {how}", "").replace(f", try again or {how}", "") \
+            .replace(f"; {how}", "")
+
+    listed = "; ".join(f"({i}) {short(err)}" for i, err in enumerate(failures, 1))
     kind = ChecksumError if all(isinstance(e, ChecksumError) for e in failures) else MissingDataError
     return kind(f"{entry.name}: none of its {len(failures)} URLs delivered {entry.filename}: {listed}; {how}")
 
