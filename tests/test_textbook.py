@@ -242,3 +242,19 @@ def test_hooks_lab_starter_code_prints_what_the_sheet_quotes(capsys):
     quoted = re.search(r"```text\n(module 0: .*?)\n```", sheet, re.DOTALL).group(1)
     exec(compile(code, "hooks.md", "exec"), {"__name__": "lab"})  # noqa: S102 (the sheet's own code)
     assert capsys.readouterr().out.strip() == quoted
+
+
+def test_teaching_guide_has_objectives_rubrics_and_material_for_every_lab():
+    guide = (ROOT / "book" / "teaching.md").read_text()
+    assert "## Learning objectives per week" in guide
+    for week in range(1, 11):
+        assert re.search(rf"^{week}\. \*\*", guide, re.M), f"no learning objectives for week {week}"
+        assert re.search(rf"\*\*Lab {week} \(", guide), f"lab {week} has no rubric criterion or sheet"
+    sheets = sorted((ROOT / "book" / "labs").glob("*.md"))
+    toc = (ROOT / "_toc.yml").read_text()
+    for sheet in sheets:
+        text = sheet.read_text()
+        assert "## Rubric" in text and "## Steps" in text and "## Learning objectives" in text, sheet.name
+        assert f"labs/{sheet.stem}" in guide and f"book/labs/{sheet.stem}" in toc, sheet.name
+    for stem in (p.stem for p in NOTEBOOKS):
+        assert f'href="../student/{stem}.ipynb"' in guide, f"the guide does not link the student {stem}"
