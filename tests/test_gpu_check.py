@@ -181,3 +181,20 @@ def test_full_estimates_extrapolate_from_a_recorded_gpu_check(tmp_path):
     # BoostLU trains: without a time per step its estimate stays an estimate
     assert estimates["full_estimate_08_boostlu"].endswith("(an estimate: not yet run)")
     assert estimates["full_estimate_02_cam"].endswith("(an estimate: not yet run)")
+
+
+def test_record_writes_only_a_cuda_summary(tmp_path):
+    import json
+
+    summary = {"device": "NVIDIA H200", "device_type": "cuda", "torch": "2.11.0+cu130", "date": "2026-12-04",
+               "seconds": 420.0, "nbval_lax": "passed", "chapters": {}}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    target = gpu_check.record(path, tmp_path / "gpu-check.json")
+    assert json.loads(target.read_text()) == summary
+    path.write_text(json.dumps({**summary, "device_type": "cpu"}))
+    with pytest.raises(SystemExit, match="records a run on cpu, not CUDA"):
+        gpu_check.record(path, tmp_path / "other.json")
+    path.write_text(json.dumps({"device": "typed by hand"}))
+    with pytest.raises(SystemExit, match="not a summary written by tools.gpu_check"):
+        gpu_check.record(path, tmp_path / "other.json")

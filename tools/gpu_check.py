@@ -13,7 +13,9 @@ tiny copies in lax mode (their numbers go to a temporary folder, never to ``resu
 One table sums it up (chapter, tiny time, claims compared, claims outside tolerance, smoke)
 and ``_build/gpu/summary.json`` keeps it. ``--write-results`` (CUDA only) also writes it to
 ``results/gpu-check.json``, which the book's pages read (device, torch version, date, per
-chapter); that file is written by this tool, never by hand. It stops with one message on a
+chapter); that file is written by this tool, never by hand (``--record SUMMARY`` writes it from
+the ``summary.json`` of a CUDA run made on another machine, after checking that it is one). It
+stops with one message on a
 machine without CUDA; ``--device cpu`` rehearses the whole check there (the numbers must then
 equal the committed ones).
 
@@ -242,6 +244,22 @@ def run_nbval(executed: list[Path], results_dir: Path) -> int:
                             "--nbval-current-env", *map(str, executed)], cwd=ROOT, env=env)
 
 
+def record(summary_path: Path, target: Path | None = None) -> Path:
+    """Write ``results/gpu-check.json`` from a ``summary.json`` this tool wrote on a CUDA machine;
+    a summary of a CPU rehearsal, or a file without the tool's fields, raises ``SystemExit``."""
+    target = target or GPU_RESULTS
+    summary = json.loads(Path(summary_path).read_text())
+    needed = {"device", "device_type", "torch", "date", "seconds", "nbval_lax", "chapters"}
+    if not needed <= summary.keys():
+        raise SystemExit(f"gpu-check: {summary_path} is not a summary written by tools.gpu_check "
+                         f"(missing {', '.join(sorted(needed - summary.keys()))})")
+    if summary["device_type"] != "cuda":
+        raise SystemExit(f"gpu-check: {summary_path} records a run on {summary['device_type']}, not CUDA; "
+                         "only a GPU run is recorded")
+    target.write_text(json.dumps(summary, indent=1) + "\n")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: notebooks/NN_*.ipynb")
@@ -253,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=GPU_OUTPUT, help="executed notebooks and summary.json")
     parser.add_argument("--write-results", action="store_true",
                         help=f"also write {GPU_RESULTS.relative_to(ROOT)} (CUDA runs only)")
+    parser.add_argument("--record", type=Path, metavar="SUMMARY",
+                        help=f"only write {GPU_RESULTS.relative_to(ROOT)} from a CUDA run's summary.json")
     args = parser.parse_args(argv)
+    if args.record:
+        print(f"wrote {record(args.record).relative_to(ROOT)} from {args.record}")
+        return 0
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.write_results and args.device != "cuda":
