@@ -75,9 +75,12 @@ stress:
 smoke: $(ENV_TARGET)
 	@$(TIMED) "smoke run of the full profile (CPU)" $(BIN)/python -m tools.smoke
 
-# Tiny profile on CUDA vs the committed CPU numbers, nbval (lax), smoke run on CUDA (tools/gpu_check.py).
+# Tiny profile on CUDA vs the committed CPU numbers and the smoke run on CUDA, GPU_JOBS notebooks at
+# once, then nbval (lax); one summary table and _build/gpu/summary.json (tools/gpu_check.py).
+# GPU_CHECK_FLAGS=--write-results also records results/gpu-check.json.
+GPU_JOBS ?= 4
 gpu-check: $(ENV_TARGET)
-	@$(TIMED) "GPU check" $(BIN)/python -m tools.gpu_check
+	@$(TIMED) "GPU check" $(BIN)/python -m tools.gpu_check --jobs $(GPU_JOBS) $(GPU_CHECK_FLAGS)
 
 # Data of the full profile (tools/fetch_data.py): `make data ARGS=--plan` lists what each chapter needs,
 # where it goes and the free disk; `make data` fetches it (verified, resumable, mirrors);
