@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,7 +68,11 @@ def prepare(module: str) -> tuple[Path, list[str]]:
              "also_copy =", *(f"    {name}" for name in COPIED),
              "pytest_add_cli_args = -p no:cacheprovider -x -q",
              "pytest_add_cli_args_test_selection =", *(f"    {t}" for t in tests),
-             "use_git_change_detection = false", ""]
+             "use_git_change_detection = false",
+             # torch's thread pools do not survive a plain fork (children hung at 0 % CPU)
+             "process_isolation = forkserver",
+             # a mutant slower than 3x its tests plus 20 s counts as a timeout (caught, not survived)
+             "timeout_multiplier = 3.0", "timeout_constant = 20.0", ""]
     (work / "setup.cfg").write_text("\n".join(lines))
     return work, tests
 
@@ -82,7 +87,8 @@ def run(module: str, max_children: int) -> dict:
     work, tests = prepare(module)
     mutmut = Path(sys.executable).with_name("mutmut")
     start = time.monotonic()
-    subprocess.run([str(mutmut), "run", "--max-children", str(max_children)], cwd=work, check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CVBOOK_PROGRESS": "0"}
+    subprocess.run([str(mutmut), "run", "--max-children", str(max_children)], cwd=work, check=True, env=env)
     seconds = time.monotonic() - start
     subprocess.run([str(mutmut), "export-cicd-stats"], cwd=work, check=True, capture_output=True)
     stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
