@@ -4,6 +4,14 @@ Run as a script (prints a report, checks the speed-up goal, saves a plot)::
 
     python -m tests.benchmarks.bench_patch_svdd            # 256 px images, K=32 at stride 4
     python -m tests.benchmarks.bench_patch_svdd --small    # 128 px images, a quick version
+    python -m tests.benchmarks.bench_patch_svdd --device cuda  # exact search vs cdist + min on a GPU
+    python -m tests.benchmarks.bench_patch_svdd --device cpu --small   # the same, small, on the CPU
+
+``--device`` times ``utils.anomaly.nearest_distances`` (its ``"auto"`` method: the screen on a
+CPU, blocked brute force elsewhere) against a plain blocked ``torch.cdist`` + ``min`` on random
+64-dimensional codes, 6561 queries (one 81 x 81 grid) against 65,536 and 1,048,576 memory
+vectors (best of 3 after a warm-up, synchronised), checks that both find the same distances and
+writes ``results/benchmarks/nearest_search_<device>.json`` on a GPU.
 
 Peak memory is measured apart from the times: each side runs once in a fresh Python process
 with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``), so that freed large
@@ -36,11 +44,11 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.benchmarks.bench_padim import ROOT, PeakRSS, machine_facts, run_worker, timed  # noqa: E402
-from tests.references import knn_kdtree_per_row, spread_double_loop  # noqa: E402
-from utils import data, synthetic  # noqa: E402
-from utils import patch_svdd as ps  # noqa: E402
-from utils.anomaly import knn_patch_scores  # noqa: E402
+from tests.benchmarks.bench_padim import ROOT, PeakRSS, machine_facts, run_worker, timed
+from tests.references import knn_kdtree_per_row, spread_double_loop
+from utils import data, synthetic
+from utils import patch_svdd as ps
+from utils.anomaly import knn_patch_scores, nearest_distances, search_method
 
 GOAL = 20.0  # vectorised search + spreading at least 20x faster than KD-tree rows + double loop
 K, STRIDE = 32, 4
@@ -120,9 +128,9 @@ def compare(size: Size, verbose: bool = True) -> dict:
     ours_mb, ref_mb = (measure_peak(size, side) for side in ("ours", "ref"))
     diff = float(np.abs(ours.double().numpy() - ref).max())
     assert diff < 1e-5, f"maps differ by {diff:.2e}"
-    res = dict(ours_s=t_ours, ref_s=t_ref, ratio=t_ref / t_ours, max_diff=diff,
-               ours_peak_mb=ours_mb, ref_peak_mb=ref_mb,
-               search_gflop=2 * m * q * train.shape[1] / 1e9, scaling=[])
+    res = {"ours_s": t_ours, "ref_s": t_ref, "ratio": t_ref / t_ours, "max_diff": diff,
+               "ours_peak_mb": ours_mb, "ref_peak_mb": ref_mb,
+               "search_gflop": 2 * m * q * train.shape[1] / 1e9, "scaling": []}
     say(f"  maps identical (largest difference {diff:.1e})")
     say(f"  KD-tree per row + double loop: {t_ref:8.2f} s, peak RSS +{ref_mb:.0f} MB")
     say(f"  matmul screen + exact tiles + fold: {t_ours:6.2f} s, peak RSS +{ours_mb:.0f} MB")
@@ -130,15 +138,61 @@ def compare(size: Size, verbose: bool = True) -> dict:
     query = test[:1]
     for n in size.patches:
         memory = memory_of_size(train, n)
-        t_fast, _ = timed(lambda: knn_patch_scores(memory, query, exact=True), repeat=2)
+        t_fast, _ = timed(lambda memory=memory: knn_patch_scores(memory, query, exact=True), repeat=2)
         t_tree = None
         if n <= size.reference_up_to:
-            t_tree, _ = timed(lambda: knn_kdtree_per_row(memory.numpy(), query.numpy()))
+            t_tree, _ = timed(lambda memory=memory: knn_kdtree_per_row(memory.numpy(), query.numpy()))
         res["scaling"].append((n, t_fast, t_tree))
         say(f"  {n:>8} training patches: matmul search {t_fast * 1e3:8.1f} ms"
             + (f", KD-tree rows {t_tree * 1e3:9.1f} ms" if t_tree is not None else "")
             + f"  (one test image, {query.shape[2] * query.shape[3]} patches)")
     return res
+
+
+SEARCH_MEMORIES = (65_536, 1_048_576)
+SEARCH_QUERIES = 6_561
+SEARCH_VALUES = 2**26  # cdist blocks of at most this many distances
+
+
+def cdist_min(memory: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """Nearest distances by plain ``torch.cdist`` + ``min``, queries in blocks of about
+    :data:`SEARCH_VALUES` distances (the baseline a GPU search must match)."""
+    step = max(1, SEARCH_VALUES // len(memory))
+    return torch.cat([torch.cdist(q, memory).amin(dim=1) for q in queries.split(step)])
+
+
+def synced(fn):
+    """``fn`` followed by a CUDA synchronisation when a GPU is in use (so timings are the work's)."""
+    def run():
+        out = fn()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return out
+    return run
+
+
+def search_vs_cdist(device: str, memories: tuple[int, ...] = SEARCH_MEMORIES,
+                    queries: int = SEARCH_QUERIES) -> dict:
+    """Best-of-3 seconds of the exact search and of cdist + min on ``device``; both must agree."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(queries, 64, generator=g).to(device)
+    rows = []
+    for m in memories:
+        memory = torch.randn(m, 64, generator=g).to(device)
+        ours_fn = synced(lambda memory=memory: nearest_distances(memory, q)[:, 0])
+        base_fn = synced(lambda memory=memory: cdist_min(memory, q))
+        ours_fn(), base_fn()                                         # warm-up
+        t_ours, ours = timed(ours_fn, repeat=3)
+        t_base, base = timed(base_fn, repeat=3)
+        gap = float((ours - base).abs().max())
+        assert gap < 1e-3, f"exact search and cdist disagree by {gap:.2e} at {m} memory vectors"
+        rows.append({"memory": m, "queries": queries, "ours_s": t_ours, "cdist_min_s": t_base,
+                     "ratio": t_base / t_ours, "max_gap": gap})
+        print(f"  {m:>9} memory vectors: exact search ({search_method('auto', device)}) {1e3 * t_ours:8.1f} ms, "
+              f"cdist + min {1e3 * t_base:8.1f} ms ({t_base / t_ours:.2f}x)")
+    facts = {"torch": torch.__version__, "device": (torch.cuda.get_device_name(0) if device == "cuda" else device),
+             "method": search_method("auto", device)}
+    return {"machine": facts, "rows": rows}
 
 
 def plot(res: dict, path: Path) -> None:
@@ -173,6 +227,12 @@ def test_reference_search(benchmark):
     benchmark.pedantic(lambda: reference_maps(train, test, SMALL.side), rounds=1)
 
 
+def test_search_vs_cdist_on_the_cpu(benchmark):
+    benchmark.group = "patch_svdd"
+    res = benchmark.pedantic(lambda: search_vs_cdist("cpu", (4_096,), 512), rounds=1)
+    assert res["rows"][0]["max_gap"] < 1e-3
+
+
 def test_search_speedup_goal(benchmark):
     benchmark.group = "patch_svdd"
     res = benchmark.pedantic(lambda: compare(SMALL, verbose=False), rounds=1)
@@ -185,9 +245,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=Path("_build/bench/patch_svdd_search.png"))
     parser.add_argument("--json", type=Path, default=SEARCH_JSON,
                         help="where to write the numbers the Patch SVDD chapter reads")
+    parser.add_argument("--device", help="time the exact search against cdist + min on this device instead")
     parser.add_argument("--peak-of", choices=("ours", "ref"), help=argparse.SUPPRESS)  # measure_peak
     args = parser.parse_args(argv)
     size = SMALL if args.small else FULL
+    if args.device:
+        print(f"exact nearest search vs cdist + min on {args.device}")
+        res = search_vs_cdist(args.device, (4_096, 16_384) if args.small else SEARCH_MEMORIES,
+                              1_024 if args.small else SEARCH_QUERIES)
+        if args.device != "cpu":
+            out = SEARCH_JSON.with_name(f"nearest_search_{torch.device(args.device).type}.json")
+            out.write_text(json.dumps(res, indent=1) + "\n")
+            print(f"  wrote {out}")
+        return
     if args.peak_of:
         print(peak_worker(size, args.peak_of))
         return
