@@ -6,7 +6,8 @@ Each page of the table of contents is served from ``_build/html`` on 127.0.0.1 a
 each given window width (by default a laptop's 1280 px and a phone's 390 px), as a student
 reading online would; PNGs of its top, middle and end are saved as
 ``<page>-<width>-{top,middle,end}.png``. A page wider than the window (a column or an equation
-off-screen that the reader would have to find by scrolling the whole page sideways) is listed.
+off-screen that the reader would have to find by scrolling the whole page sideways) is listed,
+and so is a page whose visible code cells wrap at a laptop's width (1000 px or more).
 Any JavaScript console error (a missing file, a script that does not parse) fails the command. Without Chromium and chromedriver (Debian's
 ``chromium`` and ``chromium-driver``) or the ``selenium`` package it says so and exits 0.
 """
@@ -30,6 +31,22 @@ def book_pages(html: Path) -> list[Path]:
     """The book's pages: the intro (index), book/*.html and notebooks/*.html."""
     pages = [html / "index.html"] + sorted((html / "book").rglob("*.html")) + sorted((html / "notebooks").glob("*.html"))
     return [p for p in pages if p.exists()]
+
+
+#: Counts the extra screen lines of code cells whose lines wrap (cells folded away count 0).
+WRAPPED_CODE_JS = """
+let wrapped = 0;
+for (const pre of document.querySelectorAll('div.cell_input pre')) {
+  if (pre.clientHeight === 0) continue;
+  const style = getComputedStyle(pre);
+  const lines = pre.textContent.replace(/\\n$/, '').split('\\n').length;
+  const padding = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom);
+  wrapped += Math.max(0, Math.round((pre.clientHeight - padding) / parseFloat(style.lineHeight)) - lines);
+}
+return wrapped;
+"""
+#: From this window width on, a teaching code line (at most 88 columns) must not wrap.
+LAPTOP_PX = 1000
 
 
 def find(candidates: tuple[str, ...]) -> str | None:
@@ -80,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     errors: list[str] = []
     too_wide: list[str] = []
+    wrapped_code: list[str] = []
     try:
         for width in args.width:
             driver.set_window_size(width, args.height)
@@ -92,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                 inner = driver.execute_script("return window.innerWidth")
                 if wide > inner + 1:
                     too_wide.append(f"{rel} at {width} px: the page is {wide} px wide")
+                wrapped = driver.execute_script(WRAPPED_CODE_JS) if width >= LAPTOP_PX else 0
+                if wrapped:
+                    wrapped_code.append(f"{rel} at {width} px: {wrapped} extra screen lines")
                 stem = rel.removesuffix(".html").replace("/", "_")
                 for where, y in (("top", 0), ("middle", max(0, height // 2 - args.height // 2)),
                                  ("end", max(0, height - args.height))):
@@ -107,10 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         server.shutdown()
     for line in too_wide:
         print(f"WIDER THAN THE WINDOW: {line}")
+    for line in wrapped_code:
+        print(f"WRAPPED CODE: {line}")
     for error in errors:
         print(f"CONSOLE ERROR: {error}", file=sys.stderr)
     print(f"screenshots: {len(book_pages(args.html))} pages at {len(args.width)} widths in "
           f"{args.output.relative_to(ROOT)}, {len(too_wide)} wider than the window, "
+          f"{len(wrapped_code)} with wrapped code at laptop width, "
           f"{len(errors)} console errors")
     return 1 if errors else 0
 
