@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:
 
 from tools import smoke
 from tools.run_notebooks import NOTEBOOKS, papermill_run
-from utils.config import DATA_ENV, PROGRESS_ENV
+from utils.config import DATA_ENV, NUMERICS_ENV, PROGRESS_ENV
 from utils.results import RESULTS_ENV
 
 GPU_OUTPUT = ROOT / "_build" / "gpu"
@@ -147,7 +147,8 @@ def run_tiny(path: Path, output: Path, device: str, results_dir: Path) -> dict[s
 def run_smoke(path: Path, output: Path, data_dir: Path, env: dict[str, str | None],
               device: str) -> dict[str, Any]:
     """Execute ``path``'s smoke run on ``device`` into ``output``; return {seconds, error, and
-    the step timer's steps, seconds_per_step, images, seconds_per_image}."""
+    the step timer's steps, seconds_per_step, images, seconds_per_image}. ``env`` may set
+    ``$CVBOOK_NUMERICS`` (``--smoke-numerics``)."""
     output.mkdir(parents=True, exist_ok=True)
     times = output / f"{path.stem}.steps.json"
     times.unlink(missing_ok=True)
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=GPU_OUTPUT, help="executed notebooks and summary.json")
     parser.add_argument("--write-results", action="store_true",
                         help=f"also write {GPU_RESULTS.relative_to(ROOT)} (CUDA runs only)")
+    parser.add_argument("--smoke-numerics", choices=("fast", "strict"), default="fast",
+                        help="numerics of the smoke run: the full profile's own (fast: TF32 on), or strict")
     parser.add_argument("--record", type=Path, metavar="SUMMARY",
                         help=f"only write {GPU_RESULTS.relative_to(ROOT)} from a CUDA run's summary.json")
     args = parser.parse_args(argv)
@@ -291,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = [("tiny", p, run_tiny, (args.output, args.device, tmp / "results")) for p in paths]
         if not args.no_smoke:
             data_dir, env = smoke.prepare_world(tmp / "smoke")
+            env = {**env, NUMERICS_ENV: args.smoke_numerics}
             (args.output / "smoke").mkdir(exist_ok=True)
             tasks += [("smoke", p, run_smoke, (args.output / "smoke", data_dir, env, args.device)) for p in paths]
         runs = run_all(tasks, args.jobs)
@@ -300,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             executed = [args.output / p.name for p in paths if runs["tiny", p.stem]["error"] is None]
             nbval = "passed" if executed and run_nbval(executed, tmp / "nbval-results") == 0 else "failed"
     summary = {**machine(args.device, description), "seconds": round(time.perf_counter() - start, 1),
-               "jobs": args.jobs, "nbval_lax": nbval, "chapters": rows}
+               "jobs": args.jobs, "nbval_lax": nbval, "smoke_numerics": None if args.no_smoke else args.smoke_numerics,
+               "chapters": rows}
     (args.output / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(summary_table(rows))
     print(f"nbval (lax): {nbval}; {summary['seconds']:.0f} s in all; summary in "
