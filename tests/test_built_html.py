@@ -206,7 +206,8 @@ def test_every_script_once_per_page():
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_figures_are_numbered_with_captions_under_them(nb):
     """Every figure a notebook outputs sits in a <figure> whose caption, under the image, starts
-    with its number ("Fig. 3"); the text never says "the figure below"."""
+    with its number in the chapter ("Fig. 5.2", book/_ext/chapter_numbers.py); the text never
+    says "the figure below"."""
     html = page(nb.stem)
     images = re.findall(r'<img[^>]*src="\.\./_images/', html)
     numbered = 0
@@ -214,7 +215,8 @@ def test_figures_are_numbered_with_captions_under_them(nb):
         if 'src="../_images/' in figure:
             image_at, caption_at = figure.find("<img"), figure.find("<figcaption")
             assert caption_at > image_at >= 0, "a figure's caption must come after its image"
-            assert re.search(r'class="caption-number">Fig\. [\d.]+', figure), "a caption without a number"
+            assert re.search(rf'class="caption-number">Fig\. {int(nb.name[:2])}\.\d+ ', figure), \
+                "a caption without its number in the chapter (Fig. N.k)"
             numbered += figure.count('src="../_images/')
     assert numbered == len(images), f"{len(images) - numbered} of {len(images)} figures are not numbered"
     assert not re.search(r"\b(the|this) figure (below|above)", text_of(visible_text(html)), re.I)

@@ -258,3 +258,16 @@ def test_teaching_guide_has_objectives_rubrics_and_material_for_every_lab():
         assert f"labs/{sheet.stem}" in guide and f"book/labs/{sheet.stem}" in toc, sheet.name
     for stem in (p.stem for p in NOTEBOOKS):
         assert f'href="../student/{stem}.ipynb"' in guide, f"the guide does not link the student {stem}"
+
+
+def test_figures_and_equations_are_numbered_per_chapter():
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from chapter_numbers import renumber
+
+    numbers = {"notebooks/05_mobilenet": {"figure": {"fig-b": (16,), "fig-a": (14,)},
+                                          "displaymath": {"eq-x": (12,), "eq-y": (13,)}},
+               "book/setup": {"figure": {"fig-s": (3,)}}}
+    renumber(numbers)
+    assert numbers["notebooks/05_mobilenet"] == {"figure": {"fig-a": (5, 1), "fig-b": (5, 2)},
+                                                 "displaymath": {"eq-x": (5, 1), "eq-y": (5, 2)}}
+    assert numbers["book/setup"] == {"figure": {"fig-s": (3,)}}, "pages that are not chapters keep theirs"
