@@ -122,7 +122,7 @@ def test_notebook_conventions(path):
 
 def test_committed_scoreboard_matches_results(monkeypatch):
     monkeypatch.delenv("CVBOOK_RESULTS")
-    expected = scoreboard.render(results.load_all())
+    expected = scoreboard.render(scoreboard.chapter_results(), results.results_dir() / "gpu-check.json")
     assert (ROOT / "book" / "scoreboard.md").read_text() == expected, "run `make scoreboard` and commit"
 
 
@@ -186,3 +186,24 @@ def test_scoreboard_shows_a_transposition_as_printed_and_counts_every_row():
     assert totals.group(1) == "4" and re.findall(r"<strong>(\d+)</strong>", totals.group(2)) == ["1", "1", "1", "0", "1"]
     assert not scoreboard._transposed(1.19, 1.19) and not scoreboard._transposed(12.3, 31.2)
     assert scoreboard._transposed(12.3, 13.2) and scoreboard._transposed(56.4, 65.4)
+
+
+def test_scoreboard_reads_chapter_files_only_and_shows_the_gpu_check(tmp_path):
+    row = {"claim": "count", "ours": 4.209, "paper": 4.2, "unit": "M", "profile": "tiny", "note": "",
+           "status": "reproduced"}
+    (tmp_path / "05_mobilenet.tiny.json").write_text(json.dumps([row]))
+    gpu = {"device": "NVIDIA H200", "device_type": "cuda", "torch": "2.14.1", "date": "2026-12-04",
+           "seconds": 300.0, "nbval_lax": "passed",
+           "chapters": {"05_mobilenet": {"tiny_seconds": 31.2, "claims_compared": 32, "claims_outside": 0,
+                                         "smoke_ok": True}}}
+    (tmp_path / "gpu-check.json").write_text(json.dumps(gpu))
+    found = scoreboard.chapter_results(tmp_path)
+    assert list(found) == ["05_mobilenet.tiny"], "gpu-check.json is not a chapter's results"
+    page = scoreboard.render(found, tmp_path / "gpu-check.json")
+    assert "## GPU check" in page and "NVIDIA H200" in page
+    assert ('<td data-label="tiny run">31 s</td><td data-label="claims compared">32</td>'
+            '<td data-label="outside tolerance">0</td><td data-label="smoke run">ok</td>') in page
+    assert "## GPU check" not in scoreboard.render(found, tmp_path / "absent.json")
+    (tmp_path / "06_padim.tiny.json").write_text("{not json")
+    with pytest.raises(ValueError, match="06_padim.tiny.json"):
+        scoreboard.chapter_results(tmp_path)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.results import load_all  # noqa: E402
+from utils.results import results_dir  # noqa: E402
 
 PAGE = ROOT / "book" / "scoreboard.md"
 NOTEBOOKS = ROOT / "notebooks"
@@ -139,7 +139,47 @@ def summary(chapters: dict[str, list[dict]]) -> list[str]:
     return ["## Summary", "", *html_table(["chapter (rows)", *kinds], rows, "scoreboard-summary")]
 
 
-def render(results: dict[str, list[dict]]) -> str:
+def chapter_results(directory: Path | None = None) -> dict[str, list[dict]]:
+    """The recorded rows of every chapter, keyed by file stem (``<chapter>.<profile>``): the
+    files ``NN_slug.<profile>.json`` of ``results/`` (other files there, such as the GPU check's
+    ``gpu-check.json``, are not chapter results). A file that is not a list of rows is an error
+    that names it."""
+    directory = directory or results_dir()
+    out = {}
+    for path in sorted(directory.glob("[0-9][0-9]_*.*.json")):
+        try:
+            rows = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"results file {path} is not valid JSON ({err}); re-run the chapter") from err
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "claim" in r for r in rows):
+            raise ValueError(f"results file {path} must hold a list of rows with a 'claim'")
+        out[path.name.removesuffix(".json")] = rows
+    return out
+
+
+def gpu_section(path: Path) -> list[str]:
+    """The GPU check's summary (``results/gpu-check.json``, written by ``tools.gpu_check``) as a
+    section: the machine, then per chapter the tiny run's time, the claims compared with the
+    committed CPU numbers and how many fell outside their tolerance, and the smoke run."""
+    if not path.exists():
+        return []
+    summary = json.loads(path.read_text())
+    rows = []
+    for stem, row in summary.get("chapters", {}).items():
+        outside = "failed" if row.get("claims_outside") is None else str(row["claims_outside"])
+        smoke = {None: "skipped", True: "ok", False: "failed"}[row.get("smoke_ok")]
+        rows.append([f'<a href="../notebooks/{stem}.html">{_inline(_short(stem))}</a>',
+                     f"{row.get('tiny_seconds', 0):.0f} s", str(row.get("claims_compared", "–")), outside, smoke])
+    intro = (f"The tiny profile of every chapter on {_inline(summary.get('device', '?'))} (torch "
+             f"{_inline(summary.get('torch', '?'))}, {_inline(summary.get('date', '?'))}), each recorded "
+             "number compared with the committed CPU number within its tolerance (see the maintainers' "
+             f"page); nbval (lax) over the executed copies: {_inline(summary.get('nbval_lax', '?'))}.")
+    return ["## GPU check", "", intro, "",
+            *html_table(["chapter", "tiny run", "claims compared", "outside tolerance", "smoke run"], rows,
+                        "scoreboard")]
+
+
+def render(results: dict[str, list[dict]], gpu_check: Path | None = None) -> str:
     """The scoreboard page as Markdown: a summary, then per chapter (a link to it) one table row
     per claim, with the paper's number, ours, the status, the profile and where the paper's
     number comes from (or what ours was measured on)."""
@@ -151,6 +191,8 @@ def render(results: dict[str, list[dict]]) -> str:
         lines.append("No results recorded yet.")
         return "\n".join(lines).rstrip("\n") + "\n"
     lines += summary(chapters)
+    if gpu_check is not None:
+        lines += gpu_section(gpu_check)
     header = ["claim", "paper", "ours", "status", "profile", "source and setting"]
     for chapter, rows in chapters.items():
         cells = [[_inline(row["claim"]), _fmt(row["paper"], row.get("unit")), _fmt(row["ours"], row.get("unit")),
@@ -161,7 +203,7 @@ def render(results: dict[str, list[dict]]) -> str:
 
 
 def main() -> int:
-    PAGE.write_text(render(load_all()))
+    PAGE.write_text(render(chapter_results(), results_dir() / "gpu-check.json"))
     print(f"wrote {PAGE.relative_to(PAGE.parent.parent)}")
     return 0
 
