@@ -1,4 +1,6 @@
 """The GPU check's logic, tested on the CPU: tolerances per kind of claim, and a clear stop without CUDA."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -154,7 +156,8 @@ def test_smoke_run_records_time_per_step_and_per_image(tmp_path, monkeypatch):
     nb.cells = [params, body]
     path = tmp_path / "96_steps.ipynb"
     nbformat.write(nb, path)
-    result = gpu_check.run_smoke(path, tmp_path / "out", tmp_path, {}, "cpu")
+    monkeypatch.chdir(tmp_path)  # a relative output folder, as on the command line
+    result = gpu_check.run_smoke(path, Path("out"), tmp_path, {}, "cpu")
     assert result["error"] is None, result
     assert result["steps"] == 4 and result["images"] == 4 * 2 + 3 * 5
     assert result["seconds_per_step"] > 0 and result["seconds_per_image"] > 0

@@ -150,7 +150,7 @@ def run_smoke(path: Path, output: Path, data_dir: Path, env: dict[str, str | Non
     the step timer's steps, seconds_per_step, images, seconds_per_image}. ``env`` may set
     ``$CVBOOK_NUMERICS`` (``--smoke-numerics``)."""
     output.mkdir(parents=True, exist_ok=True)
-    times = output / f"{path.stem}.steps.json"
+    times = (output / f"{path.stem}.steps.json").resolve()  # the kernel runs in notebooks/
     times.unlink(missing_ok=True)
     start = time.perf_counter()
     error = smoke.smoke_one(path, output, data_dir, env, device, step_times=times)
@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     description = device_or_exit(args.device)
     print(f"gpu-check on {description}")
     paths = select_notebooks(args.notebooks, args.chapters)
+    args.output = args.output.resolve()
     args.output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cvbook-gpu-") as tmp:
