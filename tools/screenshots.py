@@ -36,7 +36,7 @@ def book_pages(html: Path) -> list[Path]:
 #: Counts the extra screen lines of code cells whose lines wrap (cells folded away count 0).
 WRAPPED_CODE_JS = """
 let wrapped = 0;
-for (const pre of document.querySelectorAll('div.cell_input pre')) {
+for (const pre of document.querySelectorAll('div.cell_input pre, div.highlight-python pre, div.highlight-bash pre')) {
   if (pre.clientHeight === 0) continue;
   const style = getComputedStyle(pre);
   const lines = pre.textContent.replace(/\\n$/, '').split('\\n').length;
