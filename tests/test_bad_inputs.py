@@ -398,3 +398,37 @@ def test_hooks_name_the_bad_argument(call, match):
 def test_rgb_batch_names_the_problem(images, match):
     with pytest.raises(ValueError, match=match):
         saliency.rgb_batch(images)
+
+
+# --- generators of the offline data -----------------------------------------------------------
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: s.mask_box(np.ones((2, 2, 2))), "must be 2-D \\(H, W\\), got shape \\(2, 2, 2\\)"),
+    (lambda s: s.mask_box(np.ones(3)), "must be 2-D"),
+    (lambda s: s.raw_intensity_baseline(np.full((2, 1, 4, 4), np.nan), np.zeros((1, 1, 4, 4))), "NaN"),
+    (lambda s: s.raw_intensity_baseline(np.random.rand(2, 1, 4, 4), np.full((1, 1, 4, 4), np.inf)), "NaN"),
+    (lambda s: s.raw_intensity_baseline(np.random.rand(2, 1, 4, 4), np.zeros((1, 1, 4, 4)), sigma=np.nan),
+     "sigma must be finite and >= 0"),
+    (lambda s: s.raw_intensity_baseline(np.random.rand(2, 1, 4, 4), np.zeros((1, 1, 4, 4)), sigma=-1),
+     "sigma must be finite and >= 0"),
+    (lambda s: s.raw_intensity_baseline(np.random.rand(2, 1, 4, 4), np.zeros((0, 1, 4, 4))),
+     "at least one test image"),
+    (lambda s: s.raw_intensity_baseline(np.random.rand(2, 1, 0, 4), np.zeros((1, 1, 0, 4))),
+     "at least one test image with pixels"),
+    (lambda s: s.render_localization_image(0, -1), "indices must be non-negative.*-1"),
+    (lambda s: s.render_multilabel_image(0, -1), "indices must be non-negative.*-1"),
+])
+def test_generators_name_the_bad_argument(call, match):
+    from utils import synthetic
+
+    with pytest.raises(ValueError, match=match):
+        call(synthetic)
+
+
+def test_raw_baseline_sigma_zero_is_the_plain_z_score():
+    from utils import synthetic
+
+    train = np.stack([np.zeros((1, 2, 2)), np.full((1, 2, 2), 2.0)])
+    scores, maps = synthetic.raw_intensity_baseline(train, np.full((1, 1, 2, 2), 3.0), sigma=0)
+    np.testing.assert_allclose(maps, np.full((1, 2, 2), 2 / (1 + 1e-6)))
+    np.testing.assert_allclose(scores, [2 / (1 + 1e-6)])

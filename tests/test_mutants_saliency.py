@@ -73,6 +73,6 @@ def test_guided_relus_counts_and_patches_relu_and_relu6_only():
 
 def test_nested_patch_error_counts_the_patched_modules():
     model = nn.Sequential(nn.ReLU(), nn.ReLU6())
-    with saliency.guided_relus(model), pytest.raises(RuntimeError, match="^2 ReLU modules already"):
-        with saliency.guided_relus(model):
-            pass
+    with (saliency.guided_relus(model), pytest.raises(RuntimeError, match="^2 ReLU modules already"),
+          saliency.guided_relus(model)):
+        pass

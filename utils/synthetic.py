@@ -81,6 +81,8 @@ def _rng(seed: int, *keys: str | int) -> np.random.Generator:
     """A generator seeded by ``seed`` and a path of keys (strings hashed with CRC-32)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if any(isinstance(k, int) and k < 0 for k in keys):
+        raise ValueError(f"image indices must be non-negative ints, got {keys!r}")
     words = [k if isinstance(k, int) else zlib.crc32(k.encode()) for k in keys]
     return np.random.default_rng(np.random.SeedSequence([seed, *words]))
 
@@ -257,6 +259,8 @@ def _paste(canvas: np.ndarray, rgb: np.ndarray, mask: np.ndarray, x0: int, y0: i
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """Tight box ``(xmin, ymin, xmax, ymax)`` (exclusive max) of the True pixels of a 2-D mask."""
+    if np.ndim(mask) != 2:
+        raise ValueError(f"mask_box: the mask must be 2-D (H, W), got shape {np.shape(mask)}")
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         raise ValueError("mask_box: the mask is empty")
@@ -617,6 +621,12 @@ def raw_intensity_baseline(train_images: np.ndarray | torch.Tensor, test_images:
                          f"and {test.shape}")
     if len(train) < 2:
         raise ValueError(f"need at least 2 training images for a standard deviation, got {len(train)}")
+    if len(test) == 0 or test[0].size == 0:
+        raise ValueError(f"need at least one test image with pixels, got shape {test.shape}")
+    if not (np.isfinite(train).all() and np.isfinite(test).all()):
+        raise ValueError("train or test images contain NaN or infinite values")
+    if not 0 <= sigma < float("inf"):
+        raise ValueError(f"sigma must be finite and >= 0 (0: no smoothing), got {sigma}")
     mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
     maps = np.abs((test - mean) / std).mean(axis=1)
     if sigma > 0:
