@@ -120,5 +120,11 @@ screenshots:
 benchmark: env
 	@$(TIMED) "benchmarks" $(BIN)/pytest tests/benchmarks -q -p no:cacheprovider --benchmark-only -o python_files='bench_*.py'
 
+# Mutation score per module (mutmut, one child; slow, so not part of make test): results/mutation.md.
+MUTATE ?= cam saliency padim anomaly registry
+.PHONY: mutation
+mutation: env
+	@$(TIMED) "mutation testing of $(MUTATE)" $(BIN)/python -m tools.mutation $(MUTATE)
+
 clean:
 	rm -rf _build .pytest_cache

@@ -76,3 +76,19 @@ def test_nested_patch_error_counts_the_patched_modules():
     with (saliency.guided_relus(model), pytest.raises(RuntimeError, match="^2 ReLU modules already"),
           saliency.guided_relus(model)):
         pass
+
+
+def test_rgb_batch_a_list_of_equal_images_is_a_batch_and_float32_is_accepted():
+    images = [np.full((2, 5), 0.5, dtype=np.float32), np.zeros((2, 5), dtype=np.float32)]
+    x = saliency.rgb_batch(images)
+    assert x.shape == (2, 3, 2, 5)
+    assert x[0].unique().tolist() == [0.5] and x[1].unique().tolist() == [0.0]
+
+
+def test_rgb_batch_messages_name_the_shapes():
+    with pytest.raises(ValueError) as raised:
+        saliency.rgb_batch([np.zeros((2, 2)), np.zeros((3, 3))])
+    assert str(raised.value) == "images must all have the same shape, got [(2, 2), (3, 3)]"
+    with pytest.raises(ValueError) as raised:
+        saliency.rgb_batch(np.zeros((0, 5), dtype=np.float32))
+    assert str(raised.value) == "images are empty: shape (0, 5)"

@@ -82,13 +82,20 @@ def _survivors(work: Path, mutmut: Path) -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def run(module: str, max_children: int) -> dict:
-    """Run mutmut for ``utils/<module>.py``; return its counts, score and wall time."""
-    work, tests = prepare(module)
+def run(module: str, max_children: int, survivors_only: bool = False) -> dict:
+    """Run mutmut for ``utils/<module>.py``; return its counts, score and wall time.
+
+    ``survivors_only``: re-test only the mutants that survived the last run (after tests
+    were added: mutmut keeps its verdicts while the module's code is unchanged)."""
     mutmut = Path(sys.executable).with_name("mutmut")
+    names = []
+    if survivors_only:
+        names = [s.split(":")[0] for s in _survivors(WORK / module, mutmut) if s.endswith(": survived")]
+    work, tests = prepare(module)
     start = time.monotonic()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CVBOOK_PROGRESS": "0"}
-    subprocess.run([str(mutmut), "run", "--max-children", str(max_children)], cwd=work, check=True, env=env)
+    subprocess.run([str(mutmut), "run", "--max-children", str(max_children), *names], cwd=work, check=True,
+                   env=env)
     seconds = time.monotonic() - start
     subprocess.run([str(mutmut), "export-cicd-stats"], cwd=work, check=True, capture_output=True)
     stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
@@ -97,6 +104,7 @@ def run(module: str, max_children: int) -> dict:
         **stats,
         "score_percent": round(100 * (stats["killed"] + stats["timeout"]) / tested, 1) if tested else None,
         "wall_seconds": round(seconds),
+        "survivors_rerun_only": survivors_only,
         "max_children": max_children,
         "commit": _git("rev-parse", "--short", "HEAD"),
         "uncommitted_changes": bool(_git("status", "--porcelain", "--", f"utils/{module}.py")),
@@ -130,10 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("modules", nargs="*", help=f"modules of utils/ ({', '.join(TESTS)})")
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="only rewrite results/mutation.md")
+    parser.add_argument("--survivors", action="store_true", help="re-test only the last run's survivors")
     args = parser.parse_args(argv)
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     for module in [] if args.report else args.modules:
-        results[module] = run(module, args.max_children)
+        wall = results.get(module, {}).get("wall_seconds", 0) if args.survivors else 0
+        results[module] = run(module, args.max_children, args.survivors)
+        results[module]["wall_seconds"] += wall  # a survivors-only rerun adds to the full run's time
         RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         r = results[module]
         print(f"{module}: {r['killed']}/{r['total']} killed, {r['survived']} survived, "
