@@ -92,3 +92,13 @@ def test_rgb_batch_messages_name_the_shapes():
     with pytest.raises(ValueError) as raised:
         saliency.rgb_batch(np.zeros((0, 5), dtype=np.float32))
     assert str(raised.value) == "images are empty: shape (0, 5)"
+
+
+def test_no_gradient_path_message_in_full():
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError) as raised:
+        saliency.guided_backprop(model, torch.ones(1, 3, 2, 2), lambda out: out.detach()[:, 0])
+    assert str(raised.value) == (
+        "the target scores do not depend on the images (no gradient path): a target callable that "
+        "detaches the logits, or a forward pass under torch.no_grad() inside the model; guided "
+        "backprop would be all zeros")

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,31 +78,42 @@ def prepare(module: str) -> tuple[Path, list[str]]:
     return work, tests
 
 
-def _survivors(work: Path, mutmut: Path) -> list[str]:
-    out = subprocess.run([str(mutmut), "results"], cwd=work, capture_output=True, text=True, check=True).stdout
-    return [line.strip() for line in out.splitlines() if line.strip()]
+def _statuses(work: Path, mutmut: Path) -> dict[str, str]:
+    """Mutant name -> mutmut's verdict (killed, survived, timeout, no tests, not checked, ...)."""
+    out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=work, capture_output=True, text=True,
+                         check=True).stdout
+    return dict(line.strip().rsplit(": ", 1) for line in out.splitlines() if ": " in line)
 
 
-def run(module: str, max_children: int, survivors_only: bool = False) -> dict:
+def run(module: str, max_children: int, survivors_only: bool = False, time_limit: float | None = None) -> dict:
     """Run mutmut for ``utils/<module>.py``; return its counts, score and wall time.
 
     ``survivors_only``: re-test only the mutants that survived the last run (after tests
-    were added: mutmut keeps its verdicts while the module's code is unchanged)."""
+    were added: mutmut keeps its verdicts while the module's code is unchanged). ``time_limit``:
+    stop mutmut after that many seconds; the mutants not reached count as "not checked"."""
     mutmut = Path(sys.executable).with_name("mutmut")
     names = []
     if survivors_only:
-        names = [s.split(":")[0] for s in _survivors(WORK / module, mutmut) if s.endswith(": survived")]
+        names = [n for n, status in _statuses(WORK / module, mutmut).items() if status == "survived"]
     work, tests = prepare(module)
     start = time.monotonic()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CVBOOK_PROGRESS": "0"}
-    subprocess.run([str(mutmut), "run", "--max-children", str(max_children), *names], cwd=work, check=True,
-                   env=env)
+    process = subprocess.Popen([str(mutmut), "run", "--max-children", str(max_children), *names], cwd=work,
+                               env=env, start_new_session=True)
+    try:
+        process.wait(timeout=time_limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)  # mutmut and its own workers only
+        process.wait()
     seconds = time.monotonic() - start
-    subprocess.run([str(mutmut), "export-cicd-stats"], cwd=work, check=True, capture_output=True)
-    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+    statuses = _statuses(work, mutmut)
+    stats = {key: sum(1 for s in statuses.values() if s.replace(" ", "_") == key)
+             for key in ("killed", "survived", "timeout", "suspicious", "no_tests", "not_checked", "segfault")}
+    stats["total"] = len(statuses)
     tested = stats["killed"] + stats["survived"] + stats["timeout"] + stats["suspicious"]
     return {
         **stats,
+        "complete": stats["not_checked"] == 0,
         "score_percent": round(100 * (stats["killed"] + stats["timeout"]) / tested, 1) if tested else None,
         "wall_seconds": round(seconds),
         "survivors_rerun_only": survivors_only,
@@ -109,7 +121,7 @@ def run(module: str, max_children: int, survivors_only: bool = False) -> dict:
         "commit": _git("rev-parse", "--short", "HEAD"),
         "uncommitted_changes": bool(_git("status", "--porcelain", "--", f"utils/{module}.py")),
         "tests": tests,
-        "not_killed": [s for s in _survivors(work, mutmut) if not s.endswith(": killed")],
+        "not_killed": [f"{n}: {s}" for n, s in statuses.items() if s not in ("killed", "not checked")],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -120,12 +132,14 @@ def write_report(results: dict[str, dict]) -> None:
              "Score = (killed + timeout) / (killed + survived + timeout + suspicious); mutants with "
              "no covering test count as not tested and are listed below.")
     lines = ["# Mutation score of the shared package", "", intro, "",
-             "| module | mutants | killed | survived | timeout | no tests | score | wall time | commit | date |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             ("| module | mutants | killed | survived | timeout | no tests | not reached | score | wall time "
+              "| commit | date |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for module, r in sorted(results.items()):
         commit = r["commit"] + (" + uncommitted edits" if r["uncommitted_changes"] else "")
+        if r.get("not_checked"):
+            commit += " (stopped early: partial)"
         lines.append(f"| {module} | {r['total']} | {r['killed']} | {r['survived']} | {r['timeout']} | "
-                     f"{r['no_tests']} | {r['score_percent']} % | {r['wall_seconds']} s | {commit} | "
+                     f"{r['no_tests']} | {r.get('not_checked', 0)} | {r['score_percent']} % | {r['wall_seconds']} s | {commit} | "
                      f"{r['date']} |")
     for module, r in sorted(results.items()):
         lines += ["", f"## {module}", "", "Tests: " + ", ".join(f"`{t}`" for t in r["tests"]), ""]
@@ -139,11 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-children", type=int, default=1)
     parser.add_argument("--report", action="store_true", help="only rewrite results/mutation.md")
     parser.add_argument("--survivors", action="store_true", help="re-test only the last run's survivors")
+    parser.add_argument("--time-limit", type=float, default=None, help="seconds per module (partial result)")
     args = parser.parse_args(argv)
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     for module in [] if args.report else args.modules:
         wall = results.get(module, {}).get("wall_seconds", 0) if args.survivors else 0
-        results[module] = run(module, args.max_children, args.survivors)
+        results[module] = run(module, args.max_children, args.survivors, args.time_limit)
         results[module]["wall_seconds"] += wall  # a survivors-only rerun adds to the full run's time
         RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
         r = results[module]
