@@ -199,3 +199,80 @@ def test_boostlu_exact_values_and_alpha_one():
     assert cam.boostlu(x, 4).tolist() == [-2.0, 0.0, 2.0, 12.0]
     assert torch.equal(cam.boostlu(x, 1), x)
     assert cam.boostlu(x).tolist() == [-2.0, 0.0, 2.5, 15.0]
+
+
+# --- CAM-loss and CAAM-CAM distillation ------------------------------------------------------------
+
+def features(b=2, c=3, h=4, w=5, seed=0, dtype=torch.float32):
+    return torch.randn(b, c, h, w, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def by_hand_minmax(m, eps):
+    low = m.amin(dim=(-2, -1), keepdim=True)
+    return (m - low) / (m.amax(dim=(-2, -1), keepdim=True) - low + eps)
+
+
+def test_label_cam_casts_the_weight_to_the_features_dtype():
+    f, w, labels = features(), torch.randn(4, 3, dtype=torch.float64), torch.tensor([3, 0])
+    out = cam.label_cam(f, w, labels)
+    assert out.dtype == torch.float32
+    expected = torch.einsum("bchw,bc->bhw", f.double(), w[labels]).float()
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("eps", [0.5, 2.0])
+def test_cam_loss_uses_its_eps_everywhere(eps):
+    f, w, labels = features(), torch.randn(4, 3), torch.tensor([1, 2])
+    cam_map = by_hand_minmax(torch.einsum("bchw,bc->bhw", f, w[labels]), eps)
+    caam = by_hand_minmax(f.sum(dim=1), eps)
+    expected = (cam_map - caam).abs().mean()
+    torch.testing.assert_close(cam.cam_loss(f, w, labels, eps), expected)
+    head = nn.Sequential()
+    head.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    head.add_module("flatten", nn.Flatten())
+    head.add_module("fc", nn.Linear(3, 4))
+    with torch.no_grad():
+        head.fc.weight.copy_(w)
+    _, _, term = cam.cam_loss_terms(f, head, labels, "code", eps)
+    torch.testing.assert_close(term, expected)
+
+
+def test_cam_loss_alpha_from_the_first_epoch():
+    assert cam.cam_loss_alpha(1, start_epoch=1, alpha=2.5) == 2.5
+    assert cam.cam_loss_alpha(1, start_epoch=2) == 0.0
+
+
+def test_parameters_reached_without_a_graph_and_with_a_frozen_parameter():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    frozen = torch.ones(2)  # does not require grad
+    assert cam.parameters_reached(torch.tensor(1.0), {"a": a, "b": b}) == {"a": False, "b": False}
+    reached = cam.parameters_reached((a * frozen).sum(), {"a": a, "b": b, "frozen": frozen})
+    assert reached == {"a": True, "b": False, "frozen": False}
+    assert all(isinstance(v, bool) for v in reached.values())
+
+
+def test_teacher_and_distillation_messages_name_the_shapes():
+    f = features(b=2, c=3, h=4, w=5)
+    with pytest.raises(ValueError) as raised:
+        cam.teacher_cam_targets(f, torch.zeros(4, 7), torch.tensor([0, 1]))
+    assert str(raised.value) == "teacher_weight must be (K, 3) to match the teacher's channels, got (4, 7)"
+    with pytest.raises(ValueError) as raised:
+        cam.teacher_cam_targets(f, torch.zeros(4, 3), torch.tensor([0, 1, 2]))
+    assert str(raised.value) == ("labels must be (2,) integer class indices, got shape (3,) and dtype "
+                                 "torch.int64")
+    with pytest.raises(ValueError) as raised:
+        cam.caam_cam_distillation_loss(features(b=3), f, torch.zeros(4, 3), torch.tensor([0, 1]))
+    assert str(raised.value) == ("student features must be (B, C, H, W) with the teacher's batch size 2, "
+                                 "got (3, 3, 4, 5)")
+
+
+@pytest.mark.parametrize("eps", [0.5, 3.0])
+def test_distillation_uses_its_eps_and_mixed_dtypes(eps):
+    teacher, w, labels = features(c=3, h=4, w=5), torch.randn(4, 3), torch.tensor([2, 1])
+    student = features(c=6, h=4, w=5, seed=1, dtype=torch.float64)
+    target = by_hand_minmax(torch.einsum("bchw,bc->bhw", teacher, w[labels]), eps)
+    torch.testing.assert_close(cam.teacher_cam_targets(teacher, w, labels, None, eps), target)
+    expected = (by_hand_minmax(student.sum(dim=1), eps) - target.double()).abs().mean()
+    loss = cam.caam_cam_distillation_loss(student, teacher, w, labels, eps)
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected)

@@ -9,7 +9,7 @@ For each module, a copy of ``utils/``, ``tests/``, ``tools/`` and ``pytest.ini``
 mutant costs a few seconds. mutmut runs there with one child process (``--max-children``,
 default 1: the CPU is shared). Its counts (``mutmut export-cicd-stats``), the commit of the
 working tree, whether the module had uncommitted changes and the wall time go to
-``results/mutation.json``; ``results/mutation.md`` is written from that file, with the
+``results/mutation/scores.json``; ``results/mutation.md`` is written from that file, with the
 surviving mutants listed. The copy is kept between runs, so mutmut re-tests only mutants of
 functions whose code changed (delete the folder for a clean run).
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "_build" / "mutation"
-RESULTS_JSON = ROOT / "results" / "mutation.json"
+RESULTS_JSON = ROOT / "results" / "mutation" / "scores.json"  # not results/*.json: those are chapter results
 RESULTS_MD = ROOT / "results" / "mutation.md"
 
 #: The test files run against each module's mutants (files that do not exist are left out).
@@ -42,6 +42,32 @@ TESTS = {
     "registry": ["test_registry.py", "test_registry_faults.py", "test_mutants_registry.py"],
 }
 COPIED = ("utils", "tests", "tools", "pytest.ini")
+#: Surviving mutants that cannot change any result, with the reason (shown in the report; they
+#: still count as survived in the score). Names are mutmut's and follow the code they were read on.
+EQUIVALENT = {
+    "utils.saliency.xǁ_GuidedClampǁbackward__mutmut_6":
+        "`grad > 0` -> `grad >= 0`: where grad is 0 both pass on a zero gradient",
+    "utils.saliency.x_rgb_batch__mutmut_44":
+        "`astype(np.float32)` -> `astype(None)` (float64): x / 255 rounded to float32 afterwards is the "
+        "same correctly rounded quotient",
+    "utils.saliency.x_rgb_batch__mutmut_78":
+        "`if x.shape[1] == 1` -> `or True`: expanding 3 channels to 3 is a copy of the same values",
+    "utils.cam.x__box_of_one_map__mutmut_15": "a float instead of an int 3x3 structure: same connectivity",
+    "utils.cam.x__box_of_one_map__mutmut_17": "a float instead of an int 3x3 structure: same connectivity",
+    "utils.cam.x__box_of_one_map__mutmut_24":
+        "no `minlength`: the largest label is `count`, so bincount has count + 1 entries anyway",
+    "utils.cam.x__box_of_one_map__mutmut_25": "`minlength=count - 1` is below the length bincount gives anyway",
+    "utils.cam.x__box_of_one_map__mutmut_26": "`minlength=count + 2` adds a trailing zero, never the argmax",
+    "utils.cam.x_label_cam__mutmut_8": "upper-case einsum subscripts name the same axes",
+    "utils.cam.x_teacher_cam_targets__mutmut_19":
+        "the size test always fails, and resampling a map to its own size (bilinear, align_corners=False) is "
+        "the identity",
+    "utils.cam.x_teacher_cam_targets__mutmut_20": "as mutant 19: resampling to the same size is the identity",
+    "utils.cam.x_teacher_cam_targets__mutmut_25": "`align_corners=None` is F.interpolate's default, False",
+    "utils.cam.x_teacher_cam_targets__mutmut_29": "dropping `align_corners=False` keeps the default, False",
+    "utils.cam.x_caam_cam_distillation_loss__mutmut_28":
+        "`shape[+2:]` of a (B, C, H, W) tensor is `shape[-2:]`",
+}
 
 
 def _git(*args: str) -> str:
@@ -128,7 +154,7 @@ def run(module: str, max_children: int, survivors_only: bool = False, time_limit
 
 def write_report(results: dict[str, dict]) -> None:
     """``results/mutation.md`` from the per-module results."""
-    intro = ("Written by `python -m tools.mutation` (mutmut 3.8.1) from `results/mutation.json`. "
+    intro = ("Written by `python -m tools.mutation` (mutmut 3.8.1) from `results/mutation/scores.json`. "
              "Score = (killed + timeout) / (killed + survived + timeout + suspicious); mutants with "
              "no covering test count as not tested and are listed below.")
     lines = ["# Mutation score of the shared package", "", intro, "",
@@ -143,7 +169,8 @@ def write_report(results: dict[str, dict]) -> None:
                      f"{r['date']} |")
     for module, r in sorted(results.items()):
         lines += ["", f"## {module}", "", "Tests: " + ", ".join(f"`{t}`" for t in r["tests"]), ""]
-        lines += [f"- `{s}`" for s in r["not_killed"]] or ["Every mutant was killed."]
+        lines += [f"- `{s}`" + (f" (equivalent: {EQUIVALENT[s.split(': ')[0]]})" if s.split(": ")[0] in EQUIVALENT
+                                 else "") for s in r["not_killed"]] or ["Every mutant was killed."]
     RESULTS_MD.write_text("\n".join(lines) + "\n")
 
 
