@@ -62,14 +62,15 @@ def missing_files(text: str, folder: Path = ROOT) -> list[str]:
 
     A relative path (``../book/setup.md``) is resolved from ``folder``; a bare name
     (``cam.py``) may be any tracked file's last part. Web addresses, placeholders (``<stem>``,
-    ``NN_slug``, ``*``) and generated output (``_build/``, ``results/*.full.json``, the site's
-    ``student/`` notebooks) are not files a reader is asked to find in the repository.
+    ``NN_slug``, ``*``) and generated output (``_build/``, ``results/*.full.json``, the GPU
+    check's ``gpu-check.json`` and ``summary.json``, the site's ``student/`` notebooks) are not
+    files a reader is asked to find in the repository.
     """
     text = re.sub(r"\[[^\]]*\]\(https?://[^)]*\)", " ", text)  # a file of another repository, linked
     text = re.sub(r"https?://\S+", " ", text)
     missing = []
     for name in FILE_NAME.findall(text):
-        if name.startswith(("_build", ".venv", "../student/")) or re.search(r"NN_|full\.json$|^out\.ipynb$", name):
+        if name.startswith(("_build", ".venv", "../student/")) or re.search(r"NN_|full\.json$|gpu-check\.json$|summary\.json$|^out\.ipynb$", name):
             continue
         path = (folder / name).resolve()
         relative = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else None
