@@ -76,8 +76,12 @@ def test_scoreboard_renders_every_row_under_a_link_to_its_chapter():
     results.record("99_test", "params", 4.209088, unit="M", profile="tiny")
     page = scoreboard.render(results.load_all())
     assert "## [99_test](../notebooks/99_test.ipynb)" in page
-    assert "| auroc | 97.5 | 97.0 | % | full | reproduced | paper: Table 2, mean of 15 |" in page
-    assert "| params | – | 4.209 | M | tiny | ours only |  |" in page
+    assert ('<td data-label="claim">auroc</td><td data-label="paper">97.5 %</td>'
+            '<td data-label="ours">97.04 %</td><td data-label="status">reproduced</td>'
+            '<td data-label="profile">full</td>'
+            '<td data-label="source and setting">paper: Table 2, mean of 15</td>') in page
+    assert ('<td data-label="claim">params</td><td data-label="paper">–</td>'
+            '<td data-label="ours">4.209 M</td><td data-label="status">ours only</td>') in page
     assert "No results recorded yet." in scoreboard.render({})
 
 
