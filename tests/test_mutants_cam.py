@@ -276,3 +276,21 @@ def test_distillation_uses_its_eps_and_mixed_dtypes(eps):
     loss = cam.caam_cam_distillation_loss(student, teacher, w, labels, eps)
     assert loss.dtype == torch.float64
     torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: cam.upsample_maps([1, 2], 4), "maps must be a (B, K, h, w) tensor, got <class 'list'>"),
+    (lambda: cam.normalize_maps([1, 2]), "maps must be a non-empty (..., H, W) tensor, got <class 'list'>"),
+    (lambda: cam.normalize_maps(z(2, 3, 0)), "maps must be a non-empty (..., H, W) tensor, got torch.Size([2, 3, 0])"),
+    (lambda: cam.cam_to_boxes(np.zeros((2, 3, 0))), "cam is empty: shape (2, 3, 0)"),
+])
+def test_empty_and_non_tensor_messages_in_full(call, message):
+    with pytest.raises(ValueError) as raised:
+        call()
+    assert str(raised.value) == message
+
+
+def test_normalize_maps_of_a_constant_map_has_a_finite_gradient():
+    maps = torch.full((1, 3, 3), 2.0, requires_grad=True)
+    cam.normalize_maps(maps).sum().backward()
+    assert torch.isfinite(maps.grad).all()
