@@ -294,3 +294,9 @@ def test_normalize_maps_of_a_constant_map_has_a_finite_gradient():
     maps = torch.full((1, 3, 3), 2.0, requires_grad=True)
     cam.normalize_maps(maps).sum().backward()
     assert torch.isfinite(maps.grad).all()
+
+
+def test_cam_to_boxes_default_threshold_is_the_papers_twenty_percent():
+    m = np.zeros((4, 8))
+    m[1, 1], m[2, 2:7] = 1.0, [0.1, 0.25, 0.3, 0.15, 0.21]  # blobs at 20 %: 1, 2 and 1 pixels
+    assert cam.cam_to_boxes(m) == cam.cam_to_boxes(m, 0.2) == (3, 2, 5, 3)
