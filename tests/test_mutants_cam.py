@@ -300,3 +300,9 @@ def test_cam_to_boxes_default_threshold_is_the_papers_twenty_percent():
     m = np.zeros((4, 8))
     m[1, 1], m[2, 2:7] = 1.0, [0.1, 0.25, 0.3, 0.15, 0.21]  # blobs at 20 %: 1, 2 and 1 pixels
     assert cam.cam_to_boxes(m) == cam.cam_to_boxes(m, 0.2) == (3, 2, 5, 3)
+
+
+def test_upsample_to_a_single_pixel_is_allowed():
+    maps = torch.arange(4.0).reshape(1, 1, 2, 2)
+    assert cam.upsample_maps(maps, 1, mode="nearest").shape == (1, 1, 1, 1)
+    assert cam.upsample_maps(maps, (1, 3)).shape == (1, 1, 1, 3)

@@ -65,6 +65,8 @@ EQUIVALENT = {
     "utils.cam.x_teacher_cam_targets__mutmut_20": "as mutant 19: resampling to the same size is the identity",
     "utils.cam.x_teacher_cam_targets__mutmut_25": "`align_corners=None` is F.interpolate's default, False",
     "utils.cam.x_teacher_cam_targets__mutmut_29": "dropping `align_corners=False` keeps the default, False",
+    "utils.cam.x_upsample_maps__mutmut_40": "no `align_corners`: F.interpolate's default for bilinear is False",
+    "utils.cam.x_upsample_maps__mutmut_53": "no `align_corners`: F.interpolate's default for bilinear is False",
     "utils.cam.x_normalize_maps__mutmut_56":
         "`span > 0` -> `span >= 0` outside: a constant map gives (m - low) / 1 = 0, the same zeros",
     "utils.cam.x_cam_to_boxes__mutmut_47": "`dtype=None`: a list of Python ints is int64 already",
