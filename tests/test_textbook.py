@@ -130,6 +130,9 @@ def test_every_figure_is_numbered_with_a_caption(nb):
         figure = cell.metadata.get("mystnb", {}).get("figure", {})
         if pictures > 1:
             bad.append(f"cell {index}: {pictures} figures in one cell")
+        shown = [o for o in cell.get("outputs", []) if o.get("output_type") != "stream"]
+        if len(shown) > 1:  # myst-nb wraps every displayed output in the figure: one target twice
+            bad.append(f"cell {index}: a figure cell must display only its figure (a table too?)")
         if not str(figure.get("caption", "")).strip() or not re.fullmatch(r"fig-[\w-]+", figure.get("name", "")):
             bad.append(f"cell {index}: no mystnb.figure caption and name (fig-...)")
         names.append(figure.get("name"))
