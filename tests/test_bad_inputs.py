@@ -432,3 +432,18 @@ def test_raw_baseline_sigma_zero_is_the_plain_z_score():
     scores, maps = synthetic.raw_intensity_baseline(train, np.full((1, 1, 2, 2), 3.0), sigma=0)
     np.testing.assert_allclose(maps, np.full((1, 2, 2), 2 / (1 + 1e-6)))
     np.testing.assert_allclose(scores, [2 / (1 + 1e-6)])
+
+
+@pytest.mark.parametrize("sigma", [float("nan"), float("inf"), 0.0, -1.0])
+def test_gaussian_blur_names_a_sigma_that_is_not_a_finite_positive_number(sigma):
+    from utils import anomaly
+
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
+        anomaly.gaussian_blur(torch.zeros(1, 8, 8), sigma)
+
+
+def test_gaussian_kernel_names_a_truncate_that_is_not_finite():
+    from utils import anomaly
+
+    with pytest.raises(ValueError, match="truncate must be a finite number > 0"):
+        anomaly.gaussian_kernel(1.0, truncate=float("nan"))

@@ -20,6 +20,8 @@ Shapes: ``B`` images, ``F`` stacked feature channels, ``H x W`` patch positions.
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -114,8 +116,10 @@ def select_dims(n_features: int, n_dims: int, seed: int) -> Tensor:
 
 def gaussian_kernel(sigma: float, truncate: float = 4.0) -> Tensor:
     """The normalised 1-D Gaussian of ``scipy.ndimage.gaussian_filter``: radius ``int(truncate sigma + 0.5)``."""
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if not 0 < sigma < math.inf:
+        raise ValueError(f"sigma must be a finite number > 0, got {sigma}")
+    if not 0 < truncate < math.inf:
+        raise ValueError(f"truncate must be a finite number > 0, got {truncate}")
     radius = int(truncate * sigma + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
