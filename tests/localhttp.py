@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import http.server
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -110,6 +111,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """A client that hangs up mid-transfer (the resume tests do it on purpose) is not an error
+    worth a traceback in the test output; any other error still prints one."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class LocalServer:
     """A threaded HTTP/1.0 server on 127.0.0.1 (a free port) for use in a ``with`` block.
 
@@ -118,7 +128,7 @@ class LocalServer:
     """
 
     def __init__(self) -> None:
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.resources: dict[str, Resource] = {}
         self.httpd.log: list[tuple[str, str, str | None]] = []
