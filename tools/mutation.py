@@ -16,6 +16,8 @@ functions whose code changed (delete the folder for a clean run).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "_build" / "mutation"
@@ -42,39 +45,18 @@ TESTS = {
     "registry": ["test_registry.py", "test_registry_faults.py", "test_mutants_registry.py"],
 }
 COPIED = ("utils", "tests", "tools", "pytest.ini")
-#: Surviving mutants that cannot change any result, with the reason (shown in the report; they
-#: still count as survived in the score). Names are mutmut's and follow the code they were read on.
-EQUIVALENT = {
-    "utils.saliency.xǁ_GuidedClampǁbackward__mutmut_6":
-        "`grad > 0` -> `grad >= 0`: where grad is 0 both pass on a zero gradient",
-    "utils.saliency.x_rgb_batch__mutmut_44":
-        "`astype(np.float32)` -> `astype(None)` (float64): x / 255 rounded to float32 afterwards is the "
-        "same correctly rounded quotient",
-    "utils.saliency.x_rgb_batch__mutmut_78":
-        "`if x.shape[1] == 1` -> `or True`: expanding 3 channels to 3 is a copy of the same values",
-    "utils.cam.x__box_of_one_map__mutmut_15": "a float instead of an int 3x3 structure: same connectivity",
-    "utils.cam.x__box_of_one_map__mutmut_17": "a float instead of an int 3x3 structure: same connectivity",
-    "utils.cam.x__box_of_one_map__mutmut_24":
-        "no `minlength`: the largest label is `count`, so bincount has count + 1 entries anyway",
-    "utils.cam.x__box_of_one_map__mutmut_25": "`minlength=count - 1` is below the length bincount gives anyway",
-    "utils.cam.x__box_of_one_map__mutmut_26": "`minlength=count + 2` adds a trailing zero, never the argmax",
-    "utils.cam.x_label_cam__mutmut_8": "upper-case einsum subscripts name the same axes",
-    "utils.cam.x_teacher_cam_targets__mutmut_19":
-        "the size test always fails, and resampling a map to its own size (bilinear, align_corners=False) is "
-        "the identity",
-    "utils.cam.x_teacher_cam_targets__mutmut_20": "as mutant 19: resampling to the same size is the identity",
-    "utils.cam.x_teacher_cam_targets__mutmut_25": "`align_corners=None` is F.interpolate's default, False",
-    "utils.cam.x_teacher_cam_targets__mutmut_29": "dropping `align_corners=False` keeps the default, False",
-    "utils.cam.x_upsample_maps__mutmut_40": "no `align_corners`: F.interpolate's default for bilinear is False",
-    "utils.cam.x_upsample_maps__mutmut_53": "no `align_corners`: F.interpolate's default for bilinear is False",
-    "utils.cam.x_normalize_maps__mutmut_56":
-        "`span > 0` -> `span >= 0` outside: a constant map gives (m - low) / 1 = 0, the same zeros",
-    "utils.cam.x_cam_to_boxes__mutmut_47": "`dtype=None`: a list of Python ints is int64 already",
-    "utils.cam.x_cam_to_boxes__mutmut_49": "no dtype: a list of Python ints is int64 already",
-    "utils.cam.x_cam_to_boxes__mutmut_55": "`reshape(-2, 4)`: numpy reads any negative size as 'infer'",
-    "utils.cam.x_caam_cam_distillation_loss__mutmut_28":
-        "`shape[+2:]` of a (B, C, H, W) tensor is `shape[-2:]`",
-}
+#: Surviving mutants that cannot change any result, with the reason, one JSON file per module
+#: (``{mutant name: reason}``), so modules can be worked on at once. They are shown in the report
+#: and still count as survived in the score. Names are mutmut's and follow the code they were read on.
+EQUIVALENTS_DIR = ROOT / "tools" / "mutation_equivalents"
+
+
+def equivalents() -> dict[str, str]:
+    """Every module's argued-equivalent mutants: mutant name -> reason."""
+    found: dict[str, str] = {}
+    for path in sorted(EQUIVALENTS_DIR.glob("*.json")):
+        found.update(json.loads(path.read_text()))
+    return found
 
 
 def _git(*args: str) -> str:
@@ -121,13 +103,13 @@ def _statuses(work: Path, mutmut: Path) -> dict[str, str]:
 def run(module: str, max_children: int, survivors_only: bool = False, time_limit: float | None = None) -> dict:
     """Run mutmut for ``utils/<module>.py``; return its counts, score and wall time.
 
-    ``survivors_only``: re-test only the mutants that survived the last run (after tests
-    were added: mutmut keeps its verdicts while the module's code is unchanged). ``time_limit``:
+    ``survivors_only``: re-test only the mutants that survived the last run or that no test
+    reached (after tests were added: mutmut keeps its verdicts while the module's code is unchanged). ``time_limit``:
     stop mutmut after that many seconds; the mutants not reached count as "not checked"."""
     mutmut = Path(sys.executable).with_name("mutmut")
     names = []
     if survivors_only:
-        names = [n for n, status in _statuses(WORK / module, mutmut).items() if status == "survived"]
+        names = [n for n, status in _statuses(WORK / module, mutmut).items() if status in ("survived", "no tests")]
     work, tests = prepare(module)
     start = time.monotonic()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CVBOOK_PROGRESS": "0"}
@@ -143,7 +125,8 @@ def run(module: str, max_children: int, survivors_only: bool = False, time_limit
     stats = {key: sum(1 for s in statuses.values() if s.replace(" ", "_") == key)
              for key in ("killed", "survived", "timeout", "suspicious", "no_tests", "not_checked", "segfault")}
     stats["total"] = len(statuses)
-    tested = stats["killed"] + stats["survived"] + stats["timeout"] + stats["suspicious"]
+    # a mutant no test reaches is a mutant the tests miss: it counts against the score
+    tested = stats["total"] - stats["not_checked"]
     return {
         **stats,
         "complete": stats["not_checked"] == 0,
@@ -159,11 +142,28 @@ def run(module: str, max_children: int, survivors_only: bool = False, time_limit
     }
 
 
+def _load_results() -> dict[str, dict]:
+    return json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
+
+
+@contextlib.contextmanager
+def _results_lock() -> Iterator[None]:
+    """Hold an exclusive lock on the scores file's sibling lock file (several runs at once)."""
+    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS_JSON.with_suffix(".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_report(results: dict[str, dict]) -> None:
     """``results/mutation.md`` from the per-module results."""
     intro = ("Written by `python -m tools.mutation` (mutmut 3.8.1) from `results/mutation/scores.json`. "
-             "Score = (killed + timeout) / (killed + survived + timeout + suspicious); mutants with "
-             "no covering test count as not tested and are listed below.")
+             "Score = (killed + timeout) / mutants tested, where a mutant that no test reaches (\"no tests\") "
+             "counts as tested and not killed, and so do the mutants argued equivalent below; mutants a "
+             "stopped run did not reach (\"not reached\") are left out, and the row says the run was partial.")
     lines = ["# Mutation score of the shared package", "", intro, "",
              ("| module | mutants | killed | survived | timeout | no tests | not reached | score | wall time "
               "| commit | date |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -174,9 +174,10 @@ def write_report(results: dict[str, dict]) -> None:
         lines.append(f"| {module} | {r['total']} | {r['killed']} | {r['survived']} | {r['timeout']} | "
                      f"{r['no_tests']} | {r.get('not_checked', 0)} | {r['score_percent']} % | {r['wall_seconds']} s | {commit} | "
                      f"{r['date']} |")
+    equivalent = equivalents()
     for module, r in sorted(results.items()):
         lines += ["", f"## {module}", "", "Tests: " + ", ".join(f"`{t}`" for t in r["tests"]), ""]
-        lines += [f"- `{s}`" + (f" (equivalent: {EQUIVALENT[s.split(': ')[0]]})" if s.split(": ")[0] in EQUIVALENT
+        lines += [f"- `{s}`" + (f" (equivalent: {equivalent[s.split(': ')[0]]})" if s.split(": ")[0] in equivalent
                                  else "") for s in r["not_killed"]] or ["Every mutant was killed."]
     RESULTS_MD.write_text("\n".join(lines) + "\n")
 
@@ -189,16 +190,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--survivors", action="store_true", help="re-test only the last run's survivors")
     parser.add_argument("--time-limit", type=float, default=None, help="seconds per module (partial result)")
     args = parser.parse_args(argv)
-    results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     for module in [] if args.report else args.modules:
-        wall = results.get(module, {}).get("wall_seconds", 0) if args.survivors else 0
-        results[module] = run(module, args.max_children, args.survivors, args.time_limit)
-        results[module]["wall_seconds"] += wall  # a survivors-only rerun adds to the full run's time
-        RESULTS_JSON.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        r = results[module]
+        with _results_lock():
+            before = _load_results().get(module, {})
+        wall = before.get("wall_seconds", 0) if args.survivors else 0
+        r = run(module, args.max_children, args.survivors, args.time_limit)
+        r["wall_seconds"] += wall  # a survivors-only rerun adds to the full run's time
+        with _results_lock():  # modules may run at once: re-read, change one row, replace
+            results = _load_results()
+            results[module] = r
+            tmp = RESULTS_JSON.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            tmp.replace(RESULTS_JSON)
         print(f"{module}: {r['killed']}/{r['total']} killed, {r['survived']} survived, "
               f"{r['timeout']} timeouts, score {r['score_percent']} %, {r['wall_seconds']} s")
-    write_report(results)
+    with _results_lock():
+        write_report(_load_results())
 
 
 if __name__ == "__main__":
