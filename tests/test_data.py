@@ -79,6 +79,16 @@ def test_pets_label_rejects_non_pets_names(name):
         data.pets_label(name)
 
 
+@pytest.mark.parametrize("name", [3, None, b"Bengal_1.jpg"])
+def test_pets_label_names_a_wrong_type(name):
+    with pytest.raises(TypeError, match=f"pets_label takes a file name.*not {type(name).__name__}"):
+        data.pets_label(name)
+
+
+def test_pets_label_takes_a_path():
+    assert data.pets_label(Path("/x") / "Bengal_10.jpg") == "cat"
+
+
 def _pets_folder(root: Path) -> Path:
     (root / "images").mkdir(parents=True)
     (root / "annotations" / "xmls").mkdir(parents=True)

@@ -16,6 +16,7 @@ corners, which :func:`read_voc_xml` converts.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -143,8 +144,13 @@ class PetRecord:
     box: tuple[int, int, int, int] | None
 
 
-def pets_label(name: str) -> str:
-    """'cat' when the file name starts with a capital letter (Pets' rule), else 'dog'."""
+def pets_label(name: str | os.PathLike) -> str:
+    """'cat' when the file name starts with a capital letter (Pets' rule), else 'dog'.
+
+    ``name``: a file name or path (``str`` or ``os.PathLike``), e.g. ``"Abyssinian_1.jpg"``.
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"pets_label takes a file name (str or path), not {type(name).__name__}")
     stem = Path(name).name
     if not stem or not stem[0].isalpha():
         raise ValueError(f"not a Pets file name (<Breed>_<n>.jpg): {name!r}")
