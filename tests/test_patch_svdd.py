@@ -430,3 +430,15 @@ def test_position_accuracy_of_a_perfect_and_a_constant_classifier():
     oracle = nn.ModuleDict({"64": Oracle(), "32": Oracle()})
     acc = ps.position_accuracy(Fake(), oracle, images, n=200, shift=0.0, noise=0.0)
     assert acc == {"64": 1.0, "32": 1.0}
+
+
+def test_perturbed_position_pairs_compose_the_three_steps_in_order():
+    images = torch.rand(3, 3, 40, 40)
+    a, b, labels = ps.perturbed_position_pairs(images, 5, 16, 0.1, 0.02, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)
+    index = torch.randint(3, (5,), generator=g)
+    p1, p2, expected_labels = ps.sample_position_pairs(5, (40, 40), 16, g)
+    expected_a = ps.perturb(ps.crop_patches(images, index, p1, 16), 0.1, 0.02, g)
+    expected_b = ps.perturb(ps.crop_patches(images, index, p2, 16), 0.1, 0.02, g)
+    assert torch.equal(a, expected_a) and torch.equal(b, expected_b) and torch.equal(labels, expected_labels)
+    assert a.shape == b.shape == (5, 3, 16, 16) and labels.shape == (5,)

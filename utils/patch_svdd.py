@@ -12,8 +12,9 @@ Pieces, with shapes (``B`` images ``(3, H, W)``, ``D = 64`` code channels):
 2. Training signals: :func:`sample_position_pairs` (a patch and one of its 8 neighbours, both
    inside the image, with the direction as label), :func:`sample_svdd_pairs` (a patch and a
    copy jittered by at most ``K // 32`` pixels), :func:`perturb` (per-patch RGB shift and pixel
-   noise), :class:`PositionClassifier` on ``h1 - h2``, :func:`ssl_loss`, :func:`svdd_loss` and
-   :func:`train` (``L = L_SSL64 + L_SSL32 + lambda (L_SVDD'64 + L_SVDD'32)``).
+   noise; :func:`perturbed_position_pairs` puts the three together), :class:`PositionClassifier`
+   on ``h1 - h2``, :func:`ssl_loss`, :func:`svdd_loss` and :func:`train`
+   (``L = L_SSL64 + L_SSL32 + lambda (L_SVDD'64 + L_SVDD'32)``).
 3. Inference: :func:`patch_codes` encodes cropped patches one by one (the obvious way);
    :func:`dense_codes` gets the same codes for a whole grid fully convolutionally (the K=32
    encoder over the image, every 2nd output; the K=64 head as a dilated convolution).
@@ -45,6 +46,7 @@ __all__ = [
     "sample_svdd_pairs",
     "crop_patches",
     "perturb",
+    "perturbed_position_pairs",
     "ssl_loss",
     "svdd_loss",
     "History",
@@ -344,6 +346,28 @@ def perturb(
     return patches + (offsets + pixels).to(patches)
 
 
+def perturbed_position_pairs(
+    images: Tensor,
+    n: int,
+    k: int,
+    shift: float,
+    noise: float,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``n`` examples of the position task from ``images (N, C, H, W)``: a random image per
+    pair, a K-wide patch and one of its 8 neighbours (:func:`sample_position_pairs`), each
+    :func:`perturb`-ed. Returns patches ``(n, C, k, k)`` twice and the direction labels
+    ``(n,)``; draws from ``generator`` in that order, so :func:`train` and
+    :func:`position_accuracy` see the same kind of pair."""
+    index = torch.randint(images.shape[0], (n,), generator=generator)
+    p1, p2, labels = sample_position_pairs(n, tuple(images.shape[2:]), k, generator)
+    a, b = (
+        perturb(crop_patches(images, index, p, k), shift, noise, generator)
+        for p in (p1, p2)
+    )
+    return a, b, labels
+
+
 def ssl_loss(classifier: nn.Module, h1: Tensor, h2: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy of the 8-way position classifier on ``h1 - h2``: codes ``(B, D)`` (or
     ``(B, D, 1, 1)``), ``labels (B,)`` integers in ``[0, 8)`` (indices into :data:`DIRECTIONS`)."""
@@ -460,11 +484,8 @@ def train(
             terms = {}
             for name in levels:
                 net, k = nets[name], LEVELS[name]
-                idx = torch.randint(images.shape[0], (batch,), generator=generator)
-                p1, p2, labels = sample_position_pairs(batch, size, k, generator)
-                a, b = (
-                    perturb(crop_patches(images, idx, p, k), shift, noise, generator)
-                    for p in (p1, p2)
+                a, b, labels = perturbed_position_pairs(
+                    images, batch, k, shift, noise, generator
                 )
                 h = net(torch.cat([a, b]))
                 terms["ssl" + name] = ssl_loss(
@@ -527,7 +548,6 @@ def position_accuracy(
     _check_for_encoder(encoder, images)
     _positive_int(n, "n")
     generator = torch.Generator().manual_seed(seed)
-    size = tuple(images.shape[2:])
     was_training = encoder.training, classifiers.training
     encoder.eval()
     classifiers.eval()
@@ -535,12 +555,7 @@ def position_accuracy(
     nets = {"64": encoder, "32": encoder.enc}
     for name in levels:
         net, k = nets[name], LEVELS[name]
-        idx = torch.randint(images.shape[0], (n,), generator=generator)
-        p1, p2, labels = sample_position_pairs(n, size, k, generator)
-        a, b = (
-            perturb(crop_patches(images, idx, p, k), shift, noise, generator)
-            for p in (p1, p2)
-        )
+        a, b, labels = perturbed_position_pairs(images, n, k, shift, noise, generator)
         logits = torch.cat(
             [
                 classifiers[name](net(x), net(y))
