@@ -20,7 +20,7 @@ z = torch.zeros
      ValueError, 'features must have shape (B, C, H, W), got (2, 2, 2)'),
     ('cam.class_activation_maps(z(1, 2, 2, 2), z(3, 2, 1))',
      ValueError, 'weight must have shape (K, C), got (3, 2, 1)'),
-    ('cam.class_activation_maps(z(1, 2, 2, 2), z(3, 4))',
+    ('cam.class_activation_maps(z(1, 2, 5, 5), z(3, 4))',
      ValueError, 'channel mismatch: features have C=2 channels but weight has 4 columns (expected shape (K, 2))'),
     ('cam.class_activation_maps(z(1, 2, 2, 2, dtype=torch.long), z(3, 2))',
      TypeError, 'features and weight must be float tensors, got torch.int64 and torch.float32 (integer arithmetic would truncate the maps); convert with .float()'),
@@ -306,3 +306,47 @@ def test_upsample_to_a_single_pixel_is_allowed():
     maps = torch.arange(4.0).reshape(1, 1, 2, 2)
     assert cam.upsample_maps(maps, 1, mode="nearest").shape == (1, 1, 1, 1)
     assert cam.upsample_maps(maps, (1, 3)).shape == (1, 1, 1, 3)
+
+
+def test_grad_cam_messages_for_an_empty_batch_and_integer_gradients():
+    with pytest.raises(ValueError) as raised:
+        cam.grad_cam(z(0, 2, 2, 2), z(0, 2, 2, 2))
+    assert str(raised.value) == "grad_cam needs at least one image, got an empty batch"
+    with pytest.raises(TypeError) as raised:  # float features alone are not enough
+        cam.grad_cam(z(1, 2, 2, 2), z(1, 2, 2, 2, dtype=torch.long))
+    assert str(raised.value) == "features and gradients must be float tensors, got torch.float32 and torch.int64"
+
+
+def test_a_float32_map_is_thresholded_in_float64():
+    peak = np.float32(1.4099537)  # 0.2 * peak rounds down in float32, below the float64 product
+    pixel = np.float32(0.2) * peak  # so this pixel is under the threshold in float64 only
+    m = np.array([[pixel, pixel, 0.0, peak]], dtype=np.float32)
+    assert cam.cam_to_boxes(m) == cam.cam_to_boxes(m.astype(np.float64)) == (3, 0, 4, 1)
+
+
+def test_layer_grad_cam_of_a_score_that_ignores_the_input_is_zero():
+    class Constant(nn.Module):  # the layer sees the image, the score does not
+        def __init__(self):
+            super().__init__()
+            self.feat = nn.Conv2d(3, 2, 1)
+            self.bias = nn.Parameter(torch.ones(2))
+
+        def forward(self, x):
+            self.feat(x)
+            return self.bias.expand(len(x), 2)
+
+    maps, _ = cam.layer_grad_cam(Constant(), torch.rand(2, 3, 4, 4), "feat", 1)
+    assert maps.shape == (2, 4, 4) and not maps.any()
+
+
+def test_distillation_loss_takes_the_students_dtype():
+    teacher = torch.rand(2, 3, 4, 4, dtype=torch.float64)
+    loss = cam.caam_cam_distillation_loss(torch.rand(2, 5, 4, 4), teacher, torch.rand(4, 3, dtype=torch.float64),
+                                          torch.tensor([0, 3]))
+    assert loss.dtype == torch.float32
+
+
+def test_gradient_input_names_what_it_got_when_it_has_no_shape():
+    with pytest.raises(ValueError) as raised:
+        cam.gradient_input([[1.0]])
+    assert str(raised.value) == "images must be a (B, C, H, W) tensor, got <class 'list'>"

@@ -45,7 +45,7 @@ TESTS = {
     "registry": ["test_registry.py", "test_registry_faults.py", "test_mutants_registry.py"],
 }
 COPIED = ("utils", "tests", "tools", "pytest.ini")
-#: Surviving mutants that cannot change any result, with the reason, one JSON file per module
+#: Surviving mutants that cannot change any result here (or only on a GPU), with the reason, one JSON file per module
 #: (``{mutant name: reason}``), so modules can be worked on at once. They are shown in the report
 #: and still count as survived in the score. Names are mutmut's and follow the code they were read on.
 EQUIVALENTS_DIR = ROOT / "tools" / "mutation_equivalents"
@@ -162,7 +162,7 @@ def write_report(results: dict[str, dict]) -> None:
     """``results/mutation.md`` from the per-module results."""
     intro = ("Written by `python -m tools.mutation` (mutmut 3.8.1) from `results/mutation/scores.json`. "
              "Score = (killed + timeout) / mutants tested, where a mutant that no test reaches (\"no tests\") "
-             "counts as tested and not killed, and so do the mutants argued equivalent below; mutants a "
+             "counts as tested and not killed, and so do the survivors explained below (equivalent mutants, or ones only a GPU could kill); mutants a "
              "stopped run did not reach (\"not reached\") are left out, and the row says the run was partial.")
     lines = ["# Mutation score of the shared package", "", intro, "",
              ("| module | mutants | killed | survived | timeout | no tests | not reached | score | wall time "
@@ -177,7 +177,7 @@ def write_report(results: dict[str, dict]) -> None:
     equivalent = equivalents()
     for module, r in sorted(results.items()):
         lines += ["", f"## {module}", "", "Tests: " + ", ".join(f"`{t}`" for t in r["tests"]), ""]
-        lines += [f"- `{s}`" + (f" (equivalent: {equivalent[s.split(': ')[0]]})" if s.split(": ")[0] in equivalent
+        lines += [f"- `{s}`" + (f" (why it survives: {equivalent[s.split(': ')[0]]})" if s.split(": ")[0] in equivalent
                                  else "") for s in r["not_killed"]] or ["Every mutant was killed."]
     RESULTS_MD.write_text("\n".join(lines) + "\n")
 
@@ -193,9 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     for module in [] if args.report else args.modules:
         with _results_lock():
             before = _load_results().get(module, {})
-        wall = before.get("wall_seconds", 0) if args.survivors else 0
+        # a survivors-only rerun, or one that resumes a stopped run, adds to the earlier run's time
+        resumed = args.survivors or before.get("complete") is False
+        wall = before.get("wall_seconds", 0) if resumed else 0
         r = run(module, args.max_children, args.survivors, args.time_limit)
-        r["wall_seconds"] += wall  # a survivors-only rerun adds to the full run's time
+        r["wall_seconds"] += wall
         with _results_lock():  # modules may run at once: re-read, change one row, replace
             results = _load_results()
             results[module] = r
