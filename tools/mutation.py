@@ -70,7 +70,7 @@ def prepare(module: str) -> tuple[Path, list[str]]:
         raise SystemExit(f"unknown module {module!r}; choose from {', '.join(TESTS)}")
     work = WORK / module
     work.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", "benchmarks")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")  # tests/benchmarks too: a test runs one
     for name in COPIED:
         source, target = ROOT / name, work / name
         if target.is_dir():
@@ -93,6 +93,15 @@ def prepare(module: str) -> tuple[Path, list[str]]:
     return work, tests
 
 
+#: Every mutant's verdict after the last run, beside mutmut's state (see :func:`run`).
+VERDICTS = "verdicts.json"
+
+
+def _saved_verdicts(module: str) -> dict[str, str]:
+    path = WORK / module / VERDICTS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _statuses(work: Path, mutmut: Path) -> dict[str, str]:
     """Mutant name -> mutmut's verdict (killed, survived, timeout, no tests, not checked, ...)."""
     out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=work, capture_output=True, text=True,
@@ -107,9 +116,10 @@ def run(module: str, max_children: int, survivors_only: bool = False, time_limit
     reached (after tests were added: mutmut keeps its verdicts while the module's code is unchanged). ``time_limit``:
     stop mutmut after that many seconds; the mutants not reached count as "not checked"."""
     mutmut = Path(sys.executable).with_name("mutmut")
-    names = []
+    names, before = [], {}
     if survivors_only:
-        names = [n for n, status in _statuses(WORK / module, mutmut).items() if status in ("survived", "no tests")]
+        before = {**_statuses(WORK / module, mutmut), **_saved_verdicts(module)}
+        names = [n for n, status in before.items() if status in ("survived", "no tests")]
     work, tests = prepare(module)
     start = time.monotonic()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CVBOOK_PROGRESS": "0"}
@@ -122,6 +132,12 @@ def run(module: str, max_children: int, survivors_only: bool = False, time_limit
         process.wait()
     seconds = time.monotonic() - start
     statuses = _statuses(work, mutmut)
+    # mutmut forgets every verdict when the test files change; a rerun of the survivors only adds
+    # tests, so a mutant killed before is still killed: keep the earlier verdict of each mutant
+    # this run did not re-test
+    statuses.update({n: s for n, s in before.items()
+                     if s in ("killed", "timeout") and statuses.get(n) == "not checked"})
+    (work / VERDICTS).write_text(json.dumps(statuses, indent=0, sort_keys=True))
     stats = {key: sum(1 for s in statuses.values() if s.replace(" ", "_") == key)
              for key in ("killed", "survived", "timeout", "suspicious", "no_tests", "not_checked", "segfault")}
     stats["total"] = len(statuses)
