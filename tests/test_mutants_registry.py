@@ -761,9 +761,7 @@ def test_unlockable_cache_with_a_good_copy_still_writes_its_marker(entry, monkey
     assert registry._marker(path).read_text() == registry._stamp(entry, path.stat())
 
 
-def test_corrupt_cached_copy_warning_says_exactly_what_and_points_at_the_caller(
-    entry, monkeypatch
-):
+def test_corrupt_cached_copy_warning_says_exactly_what(entry, monkeypatch):
     path = _cached(PAYLOAD[:-1])
     monkeypatch.setattr(registry, "_download", _fail_download)
     with pytest.warns(UserWarning) as record, pytest.raises(registry.MissingDataError):
@@ -773,7 +771,6 @@ def test_corrupt_cached_copy_warning_says_exactly_what_and_points_at_the_caller(
         f"test-file: the cached copy {path} was corrupt (has 19999 bytes, expected 20000); "
         "deleted it, downloading a fresh copy"
     )
-    assert warning.filename != registry.__file__
 
 
 def _fail_download(entry, target, how, timeout):
