@@ -860,3 +860,44 @@ def test_verify_never_remembers_a_bad_file_and_forgets_a_changed_one(entry):
     assert registry._verify(entry, path, marker) == problem
     assert str(path) not in registry._VERIFIED
     assert registry._verify(entry, path, marker) == problem
+
+
+def test_received_bytes_are_on_disk_as_soon_as_they_are_counted(httpd, monkeypatch):
+    """The .part file is written unbuffered: a process killed mid-transfer loses nothing."""
+    _served(httpd, pieces=20, pause=0.01)
+    seen = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.n = kwargs["initial"]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.n += n
+            [part] = registry.downloads_dir().glob("file.bin.*.part")
+            seen.append((self.n, part.stat().st_size))
+
+    monkeypatch.setattr(registry, "tqdm", Bar)
+    assert registry.fetch("test-file").read_bytes() == PAYLOAD
+    assert seen and seen[-1][0] == len(PAYLOAD)
+    assert all(counted == on_disk for counted, on_disk in seen), seen
+
+
+def test_leftover_already_gone_when_it_is_deleted_is_no_error(httpd, monkeypatch):
+    _served(httpd)
+    _leftover_part("file.bin.4242.0badf00d.part", PAYLOAD[:12_000])
+    _leftover_part("file.bin.4243.0badf00e.part", PAYLOAD[:3000])
+    real = registry._stale_siblings
+
+    def listed_twice(path, suffix):  # the smaller one is gone by its second deletion
+        found = real(path, suffix)
+        return [*found, found[-1]]
+
+    monkeypatch.setattr(registry, "_stale_siblings", listed_twice)
+    assert registry.fetch("test-file").read_bytes() == PAYLOAD
+    assert _range_headers(httpd) == ["bytes=12000-"]
