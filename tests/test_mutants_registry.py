@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.localhttp import LocalServer
+from tests.test_registry_faults import _count_hashing
 from utils import registry
 
 PAYLOAD = random.Random(1).randbytes(20_000)
@@ -60,19 +61,6 @@ def _cached(body: bytes = PAYLOAD) -> Path:
     path = registry.downloads_dir() / "file.bin"
     path.write_bytes(body)
     return path
-
-
-def _count_hashing(monkeypatch) -> list[Path]:
-    """Make :func:`registry.sha256_of` record each path it hashes; returns that record."""
-    calls: list[Path] = []
-    real = registry.sha256_of
-
-    def counted(path):
-        calls.append(Path(path))
-        return real(path)
-
-    monkeypatch.setattr(registry, "sha256_of", counted)
-    return calls
 
 
 # --- verify_file ----------------------------------------------------------------------------
